@@ -1,0 +1,276 @@
+"""`Estimator` (one instance of the unified estimator) and `Hybrid` (a gated mixture of two).
+
+Two phases, so that micro-batching and data parallelism never change the gradient:
+
+    plan = est.plan(batch)                 # once per optimizer step, on the whole batch:
+                                           #   advantages, gate, normaliser Z (global)
+    for idx in micro_batches:
+        est(batch.select(idx), plan.select(idx)).loss.backward()
+
+``est(batch)`` with no plan does both on one batch. ``plan(batch, all_reduce=f)`` takes a
+function that sums a tensor over data-parallel ranks (e.g. ``dist.all_reduce``), so every rank
+uses the global normaliser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import parts as P
+from .batch import Batch, BatchError
+
+ROLLOUTS, DEMOS, ALL = "rollouts", "demos", "all"
+
+
+@dataclass(frozen=True)
+class TrainerSteps:
+    """Batch-level steps a method needs that are not part of the gradient estimator; the trainer
+    reads them. ``demo_in_group``: each group holds n−1 rollouts + 1 demonstration (LUFFY/SRFT).
+    ``gated_demos``: rollouts of SFT-gated prompts are dropped and the demo trained (HPT).
+    ``dynamic_sampling``: drop groups whose rewards are all equal and refill (DAPO).
+    ``overlong_buffer``: soft length penalty over the last L_cache tokens (DAPO Eq. 13).
+    ``value_head`` / ``epochs``: PPO's critic and sample-reuse epochs."""
+
+    demo_in_group: bool = False
+    gated_demos: bool = False
+    dynamic_sampling: bool = False
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    value_head: bool = False
+    epochs: int = 1
+
+
+@dataclass
+class Plan:
+    """Everything that depends on rows other than one's own, computed once per step.
+
+    adv [B, T] advantages; coef [B] = row weight × gate coefficient / Z (0 for untrained rows);
+    ent [B] entropy-bonus weight per row; gate: per-prompt decisions (Hybrid only)."""
+
+    adv: Tensor
+    coef: Tensor
+    ent: Tensor
+    parts: tuple = ()
+    gate: list = field(default_factory=list)
+
+    def select(self, idx: Tensor) -> "Plan":
+        return Plan(self.adv[idx], self.coef[idx], self.ent[idx],
+                    tuple(p.select(idx) for p in self.parts), self.gate)
+
+
+@dataclass
+class Output:
+    """loss: the scalar *surrogate* (its value means nothing; its gradient is the estimator).
+    stats: floats for logging. gate: per-prompt (group, pass_rate, alpha, beta) decisions."""
+
+    loss: Tensor
+    stats: dict
+    gate: list = field(default_factory=list)
+
+
+def _normaliser(reduction, mask: Tensor, rows: Tensor, all_reduce) -> Tensor:
+    count = reduction.count(mask, rows)
+    if count is None:
+        return torch.tensor(getattr(reduction, "scale", lambda: 1.0)(), dtype=mask.dtype)
+    count = all_reduce(count) if all_reduce else count
+    return count.clamp_min(1) * (reduction.scale() if hasattr(reduction, "scale") else 1.0)
+
+
+def _entropy_weights(coef: float, b: Batch, rows: Tensor, all_reduce) -> Tensor:
+    if not coef:
+        return torch.zeros_like(b.reward)
+    z = _normaliser(P.TokenMean(), b.mask, rows, all_reduce)
+    return coef * rows.to(b.mask.dtype) / z
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One instance of grad_uni = 1_stable · (1/π_ref) · Â · ∇π_θ, reduced to a scalar.
+
+    mask, denominator, advantage, likelihood, reduction: the five parts (see `parts`).
+    rows: which rows it trains — "rollouts", "demos" or "all".
+    kl: optional KL(π_θ‖π_ref) term; entropy_coef: optional entropy bonus (token mean).
+    needs: Batch fields it requires. trainer: batch-level steps (see `TrainerSteps`).
+    source: the reference (paper, section, equation)."""
+
+    mask: object
+    denominator: object
+    advantage: object
+    likelihood: object = P.Plain()
+    reduction: object = P.TokenMean()
+    rows: str = ROLLOUTS
+    kl: Optional[P.KLPenalty] = None
+    entropy_coef: float = 0.0
+    needs: tuple = ()
+    trainer: TrainerSteps = TrainerSteps()
+    source: str = ""
+
+    # -- validation --------------------------------------------------------------------------
+    def check(self, b: Batch, name: str = "this estimator") -> None:
+        """Reject a batch this estimator cannot use, naming the field."""
+        if self.rows == ROLLOUTS and bool(b.is_demo.any()):
+            raise BatchError(f"Batch.is_demo: {name} trains on on-policy rollouts only and has no "
+                             f"use for the {int(b.is_demo.sum())} demonstration row(s)")
+        if self.rows == DEMOS and not bool(b.is_demo.any()):
+            raise BatchError(f"Batch.is_demo: {name} trains on demonstrations, but no row is marked is_demo")
+        for f in self.needs + (("logp_ref",) if self.kl else ()):
+            if getattr(b, f) is None:
+                raise BatchError(f"Batch.{f} is required by {name} but was not given")
+
+    def selected(self, b: Batch) -> Tensor:
+        return {ROLLOUTS: b.rollouts, DEMOS: b.is_demo, ALL: torch.ones_like(b.is_demo)}[self.rows]
+
+    # -- phase 1: once per optimizer step ---------------------------------------------------
+    def plan(self, b: Batch, all_reduce: Optional[Callable] = None, weight: Optional[Tensor] = None,
+             check: bool = True) -> Plan:
+        """Advantages, row coefficients and the global normaliser for the batch ``b``.
+        ``weight`` [B] (a gate's α or β per row) scales rows; rows with weight 0 are not trained
+        and not counted in the normaliser."""
+        if check:
+            self.check(b)
+        rows = self.selected(b)
+        if weight is not None:
+            rows = rows & (weight != 0)
+        empty = rows & (b.mask.sum(-1) == 0)
+        if not isinstance(self.reduction, P.SeqMeanTokenMean):
+            empty = empty & b.is_demo  # an empty rollout is legal; an empty demo or 1/|τ|=1/0 is not
+        if bool(empty.any()):
+            raise BatchError(f"Batch.mask: row {int(empty.nonzero()[0])} has no response tokens, "
+                             "but this estimator trains on it")
+        with torch.no_grad():
+            adv = self.advantage(b, all_reduce).to(b.logp.dtype)
+            adv = adv[:, None].expand_as(b.logp) if adv.dim() == 1 else adv
+            z = _normaliser(self.reduction, b.mask, rows, all_reduce)
+            w = torch.ones_like(b.reward) if weight is None else weight
+            coef = self.reduction.row_weight(b.mask) * rows.to(b.mask.dtype) * w / z
+            ent = _entropy_weights(self.entropy_coef, b, rows, all_reduce)
+        return Plan(adv.detach(), coef, ent)
+
+    # -- phase 2: per micro-batch ------------------------------------------------------------
+    def terms(self, b: Batch, plan: Optional[Plan] = None) -> Tensor:
+        """[B, T] per-token contributions; ``terms(b).sum()`` is the surrogate loss."""
+        plan = plan if plan is not None else self.plan(b)
+        ratio = self.denominator(b)
+        stable = self.mask(ratio, plan.adv).detach()
+        t = -stable * plan.adv * self.likelihood(ratio)
+        if self.kl is not None:
+            t = t + self.kl.coef * self.kl(b)
+        t = t * plan.coef[:, None]
+        if b.entropy is not None:
+            t = t - plan.ent[:, None] * b.entropy
+        return t * b.mask
+
+    def __call__(self, b: Batch, plan: Optional[Plan] = None) -> Output:
+        plan = plan if plan is not None else self.plan(b)
+        return Output(self.terms(b, plan).sum(), self.stats(b, plan))
+
+    def stats(self, b: Batch, plan: Plan) -> dict:
+        with torch.no_grad():
+            tok = b.mask * (plan.coef != 0).to(b.mask.dtype)[:, None]
+            n = tok.sum().clamp_min(1)
+            ratio = self.denominator(b)
+            off = (self.mask(ratio, plan.adv) != 1).to(tok.dtype)
+            out = {"adv_mean": float((plan.adv * tok).sum() / n),
+                   "ratio_max": float((ratio * tok).max()) if bool(tok.any()) else 1.0,
+                   "clip_fraction": float((off * tok).sum() / n),
+                   "tokens": float(tok.sum())}
+            if self.kl is not None:
+                out["kl"] = float((self.kl(b) * tok).sum() / n)
+            if b.entropy is not None:
+                out["entropy"] = float((b.entropy * tok).sum() / n)
+        return out
+
+    def parts(self) -> dict:
+        """The five parts (and extras) as readable strings, for tables and run records."""
+        return {f.name: P.describe(getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("source", "needs")}
+
+    def replace(self, **changes) -> "Estimator":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """Gated mixture L = α(P)·L_rl + β(P)·L_sft per prompt (HPT, paper §2.4, Eq. 9–12, Alg. 1).
+
+    P is the prompt's pass rate over its rollouts in the batch; the gate maps (c, n, P) to (α, β).
+    ``rl`` trains on rollout rows (weighted α), ``sft`` on demonstration rows (weighted β), each
+    with its own normaliser — or both with ``joint`` as one pooled normaliser (LUFFY).
+    ``entropy_coef`` adds a token-mean entropy bonus over every trained row (official HPT)."""
+
+    rl: Estimator
+    sft: Estimator
+    gate: object = P.Switch()
+    joint: Optional[object] = None
+    entropy_coef: float = 0.0
+    trainer: TrainerSteps = TrainerSteps()
+    source: str = ""
+
+    @property
+    def needs(self) -> tuple:
+        return self.rl.needs + self.sft.needs
+
+    def check(self, b: Batch, name: str = "this estimator") -> None:
+        for f in self.needs:
+            if getattr(b, f) is None:
+                raise BatchError(f"Batch.{f} is required by {name} but was not given")
+
+    def plan(self, b: Batch, all_reduce: Optional[Callable] = None, check: bool = True) -> Plan:
+        if check:
+            self.check(b)
+        c, n, p = P.pass_rates(b)
+        alpha, beta = self.gate(c, n, p)
+        decisions = _decisions(b, p, alpha, beta)
+        rl, sft = self.rl, self.sft
+        if self.joint is not None:  # one pooled normaliser over the rows both components train
+            rl, sft = rl.replace(reduction=self.joint), sft.replace(reduction=self.joint)
+            rows = (rl.selected(b) & (alpha != 0)) | (sft.selected(b) & (beta != 0))
+            z = _normaliser(self.joint, b.mask, rows, all_reduce)
+            zr = _normaliser(self.joint, b.mask, rl.selected(b) & (alpha != 0), all_reduce)
+            zs = _normaliser(self.joint, b.mask, sft.selected(b) & (beta != 0), all_reduce)
+            alpha, beta = alpha * zr / z, beta * zs / z
+        prl = rl.plan(b, all_reduce, weight=alpha, check=False)
+        psft = sft.plan(b, all_reduce, weight=beta, check=False)
+        trained = (prl.coef != 0) | (psft.coef != 0)
+        ent = _entropy_weights(self.entropy_coef, b, trained, all_reduce)
+        return Plan(prl.adv, prl.coef, ent, (prl, psft), decisions)
+
+    def terms(self, b: Batch, plan: Optional[Plan] = None) -> Tensor:
+        plan = plan if plan is not None else self.plan(b)
+        t = self.rl.terms(b, plan.parts[0]) + self.sft.terms(b, plan.parts[1])
+        if b.entropy is not None:
+            t = t - plan.ent[:, None] * b.entropy * b.mask
+        return t
+
+    def __call__(self, b: Batch, plan: Optional[Plan] = None) -> Output:
+        plan = plan if plan is not None else self.plan(b)
+        stats = {f"rl/{k}": v for k, v in self.rl.stats(b, plan.parts[0]).items()}
+        stats.update({f"sft/{k}": v for k, v in self.sft.stats(b, plan.parts[1]).items()})
+        if plan.gate:
+            stats["gate/sft_fraction"] = sum(d["beta"] > 0 and d["alpha"] == 0 for d in plan.gate) / len(plan.gate)
+            stats["gate/mean_beta"] = sum(d["beta"] for d in plan.gate) / len(plan.gate)
+        return Output(self.terms(b, plan).sum(), stats, plan.gate)
+
+    def parts(self) -> dict:
+        out = {f"rl.{k}": v for k, v in self.rl.parts().items()}
+        out.update({f"sft.{k}": v for k, v in self.sft.parts().items()})
+        out.update(gate=P.describe(self.gate), joint=P.describe(self.joint),
+                   entropy_coef=str(self.entropy_coef), trainer=P.describe(self.trainer))
+        return out
+
+    def replace(self, **changes) -> "Hybrid":
+        return replace(self, **changes)
+
+
+def _decisions(b: Batch, p: Tensor, alpha: Tensor, beta: Tensor) -> list:
+    """One decision per prompt (group): pass rate and the (α, β) the gate chose."""
+    out, seen = [], set()
+    for i, g in enumerate(b.group.tolist()):
+        if g not in seen:
+            seen.add(g)
+            out.append({"group": g, "pass_rate": float(p[i]), "alpha": float(alpha[i]),
+                        "beta": float(beta[i])})
+    return out

@@ -1,0 +1,428 @@
+"""The five parts of the Unified Policy Gradient Estimator (arXiv 2509.04419, Eq. 6).
+
+    grad_uni = 1_stable · (1/π_ref) · Â · ∇π_θ            (summed over tokens by a *reduction*)
+
+Every per-token term is written as ``M · Â · L(ρ)`` with ρ = π_θ/π_ref (π_ref detached), whose
+gradient is ``M · Â · L'(ρ) · ρ · ∇log π_θ = M · Â · L'(ρ) · ∇π_θ / π_ref``:
+
+* **denominator** gives ρ (differentiable) — the choice of π_ref;
+* **mask** gives the detached multiplier M = 1_stable (0/1, or a clipped weight for CISPO);
+* **advantage** gives Â per row ``[B]`` or per token ``[B, T]`` (detached);
+* **likelihood** gives L (identity for ∇π_θ; LUFFY's f(π)=π/(π+γ) for policy shaping);
+* **reduction** gives the row weights and the once-per-step normaliser Z.
+
+All parts are frozen dataclasses: their fields are the hyper-parameters and can be read back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .batch import Batch, BatchError
+
+# ----------------------------------------------------------------------------- denominators
+
+
+@dataclass(frozen=True)
+class Current:
+    """π_ref = π_θ (SFT, REINFORCE): ρ = exp(log π_θ − sg(log π_θ)) ≡ 1, ∇ρ = ∇log π_θ.
+
+    Paper Table 1 rows SFT / REINFORCE. Reduces to the plain score-function gradient."""
+
+    def __call__(self, b: Batch) -> Tensor:
+        return torch.exp(b.logp - b.logp.detach())
+
+
+@dataclass(frozen=True)
+class Old:
+    """π_ref = π_θold (PPO, GRPO, DAPO, CISPO): ρ_t = π_θ(y_t|s_t)/π_θold(y_t|s_t).
+
+    Paper Eq. 16/18. At θ = θ_old it reduces to `Current` (ρ ≡ 1, same gradient)."""
+
+    def __call__(self, b: Batch) -> Tensor:
+        return torch.exp(b.logp - b.logp_old)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """π_ref ≡ 1 (LUFFY / SRFT offline rows): ρ_t = π_θ(y_t|s_t); gradient Â·∇π_θ (Eq. 19–20).
+
+    Biased unless the offline data covers the rollout space uniformly (paper §2.3)."""
+
+    def __call__(self, b: Batch) -> Tensor:
+        return torch.exp(b.logp)
+
+
+@dataclass(frozen=True)
+class SequenceGeometric:
+    """GSPO (arXiv 2507.18071): π_ref = π_θ·(π_θold/π_θ)^{1/|τ|}, so every token of row i gets
+    the sequence ratio s_i = exp((1/|τ_i|) Σ_t (log π_θ − log π_θold)).
+
+    With a seq-mean-token-mean reduction the surrogate is (1/N) Σ_i s_i Â_i. For |τ| = 1 it
+    reduces to `Old`."""
+
+    def __call__(self, b: Batch) -> Tensor:
+        n = b.mask.sum(-1).clamp_min(1)
+        s = torch.exp(((b.logp - b.logp_old) * b.mask).sum(-1) / n)
+        return s[:, None].expand_as(b.logp)
+
+
+@dataclass(frozen=True)
+class TruncatedIS:
+    """Truncated importance sampling (Ionides 2008; Yao et al. 2025, rollout/trainer mismatch):
+    ρ = ρ_base · min(π_θold/π_behavior, cap), the second factor detached.
+
+    Corrects rows sampled by an engine (e.g. vLLM) whose log-probs differ from the trainer's.
+    With cap ≥ max ratio it is plain sequence-token IS; with π_behavior = π_θold it is `base`."""
+
+    base: object = Old()
+    cap: float = 2.0
+
+    def __call__(self, b: Batch) -> Tensor:
+        w = torch.exp(b.logp_old - b.logp_behavior).clamp(max=self.cap).detach()
+        return self.base(b) * w
+
+
+# ---------------------------------------------------------------------------------- masks
+
+
+@dataclass(frozen=True)
+class NoClip:
+    """1_stable ≡ 1 (SFT, REINFORCE, offline rows, the official HPT run)."""
+
+    def __call__(self, ratio: Tensor, adv: Tensor) -> Tensor:
+        return torch.ones_like(ratio)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """PPO clipping as a mask (paper App. B.3, Eq. 21): the gradient of
+    min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) is 1_stable·Â·∇ρ with 1_stable = 0 where
+    (Â > 0 and ρ > 1+ε_high) or (Â < 0 and ρ < 1−ε_low).
+
+    ε_low = ε_high = 0.2 is PPO; (0.2, 0.28) is DAPO's clip-higher; `dual` = c > 1 adds the
+    dual clip (Ye et al. 2020): 1_stable = 0 also where Â < 0 and ρ > c. Applied to a sequence
+    ratio (`SequenceGeometric`) it is GSPO's sequence clip."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual: Optional[float] = None
+
+    def __call__(self, ratio: Tensor, adv: Tensor) -> Tensor:
+        r = ratio.detach()
+        off = ((adv > 0) & (r > 1 + self.eps_high)) | ((adv < 0) & (r < 1 - self.eps_low))
+        if self.dual is not None:
+            off = off | ((adv < 0) & (r > self.dual))
+        return (~off).to(ratio.dtype)
+
+
+@dataclass(frozen=True)
+class CISClip:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): the IS weight is clipped and stop-gradiented,
+    sg(clip(ρ, 1−ε_low, 1+ε_high))·Â·∇log π_θ, so no token's gradient is dropped.
+
+    As a multiplier on ρ: M = sg(clip(ρ)/ρ). With ρ inside the band it reduces to `NoClip`."""
+
+    eps_low: float = 1.0
+    eps_high: float = 0.28
+
+    def __call__(self, ratio: Tensor, adv: Tensor) -> Tensor:
+        r = ratio.detach()
+        return (r.clamp(1 - self.eps_low, 1 + self.eps_high) / r).nan_to_num(0.0)
+
+
+# ------------------------------------------------------------------------------ likelihood
+
+
+@dataclass(frozen=True)
+class Plain:
+    """L(ρ) = ρ: the differentiated quantity is ∇π_θ/π_ref itself (every Table 1 row but LUFFY)."""
+
+    def __call__(self, ratio: Tensor) -> Tensor:
+        return ratio
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """LUFFY policy shaping (arXiv 2504.14945): L(π) = π/(π+γ), so the token weight becomes
+    γ/(π+γ)²·∇π — larger for low-probability demonstration tokens. Official code option
+    ``off_policy_reshape="p_div_p_0.1"`` (γ = 0.1). As γ → ∞ (rescaled) it reduces to `Plain`."""
+
+    gamma: float = 0.1
+
+    def __call__(self, ratio: Tensor) -> Tensor:
+        return ratio / (ratio + self.gamma)
+
+
+# ------------------------------------------------------------------------------ advantages
+
+
+def group_moments(x: Tensor, group: Tensor, member: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: (sum, count, sum of squares) of ``x`` over the *member* rows of its group."""
+    _, inv = torch.unique(group, return_inverse=True)
+    m = member.to(x.dtype)
+    k = int(inv.max()) + 1 if inv.numel() else 0
+    s = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, inv, x * m)
+    n = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, inv, m)
+    q = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, inv, x * x * m)
+    return s[inv], n[inv], q[inv]
+
+
+@dataclass(frozen=True)
+class Ones:
+    """Â ≡ 1 (SFT, paper Table 1)."""
+
+    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
+        return torch.ones_like(b.reward)
+
+
+@dataclass(frozen=True)
+class Reward:
+    """Â = scale·(r − baseline) (REINFORCE, Williams 1992). Unbiased for ∇J: E ĝ = scale·∇J.
+    Ahmadian et al.'s ±1 for binary r is ``Reward(baseline=0.5, scale=2)``."""
+
+    baseline: float = 0.0
+    scale: float = 1.0
+
+    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
+        return self.scale * (b.reward - self.baseline)
+
+
+@dataclass(frozen=True)
+class GroupNormalised:
+    """Group-relative advantages over the rows sharing a prompt.
+
+    center "mean": Â_i = r_i − mean_j r_j  (Dr. GRPO; = ((G−1)/G)(r_i − mean_{j≠i} r_j))
+    center "loo":  Â_i = r_i − mean_{j≠i} r_j  (RLOO, Kool et al. 2019; unbiased)
+    scale "std":   divided by (std_j r_j + eps), std with Bessel's correction as in verl/TRL
+                   (GRPO, Eq. 5); E ĝ_x = w(p,G)·∇p_x.
+    with_demos:    demonstration rows count as group members (LUFFY/SRFT, G_on ∪ G_off).
+    A group with one member gets Â = 0. Non-member rows get their group's statistic too."""
+
+    center: str = "mean"
+    scale: str = "none"
+    eps: float = 1e-6
+    with_demos: bool = False
+
+    def __post_init__(self):
+        if self.center not in ("mean", "loo") or self.scale not in ("none", "std"):
+            raise ValueError(f"GroupNormalised(center={self.center!r}, scale={self.scale!r}): "
+                             "center must be 'mean' or 'loo', scale 'none' or 'std'")
+
+    def from_rewards(self, reward: Tensor, group: Tensor, member: Tensor) -> Tensor:
+        s, n, q = group_moments(reward, group, member)
+        mean = s / n.clamp_min(1)
+        if self.center == "mean":
+            adv = reward - mean
+        else:
+            adv = torch.where(n > 1, (n * reward - s) / (n - 1).clamp_min(1), torch.zeros_like(reward))
+        if self.scale == "std":
+            var = ((q - n * mean * mean) / (n - 1).clamp_min(1)).clamp_min(0)
+            adv = adv / (var.sqrt() + self.eps)
+        return torch.where(n > 1, adv, torch.zeros_like(adv))
+
+    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
+        member = torch.ones_like(b.is_demo) if self.with_demos else b.rollouts
+        return self.from_rewards(b.reward, b.group, member)
+
+
+@dataclass(frozen=True)
+class BatchNormalised:
+    """REINFORCE++ (Hu 2025, arXiv 2501.03262): Â = (r − mean_batch r)/(std_batch r + eps),
+    the statistics taken over the rollouts of the whole (global) batch."""
+
+    eps: float = 1e-6
+
+    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
+        m = b.rollouts.to(b.reward.dtype)
+        stats = torch.stack([(b.reward * m).sum(), (b.reward ** 2 * m).sum(), m.sum()])
+        s, q, n = all_reduce(stats) if all_reduce else stats
+        mean = s / n.clamp_min(1)
+        var = ((q - n * mean ** 2) / (n - 1).clamp_min(1)).clamp_min(0)
+        return (b.reward - mean) / (var.sqrt() + self.eps)
+
+
+@dataclass(frozen=True)
+class GAE:
+    """Generalized Advantage Estimation (Schulman et al. 2015, arXiv 1506.02438), as PPO uses:
+    δ_t = r_t + γV_{t+1} − V_t, Â_t = Σ_l (γλ)^l δ_{t+l}, the sequence reward on its last token,
+    V = 0 beyond the response. ``whiten`` standardises Â over the batch's tokens (verl's
+    ``masked_whiten``). Needs ``Batch.values``. With λ = 1, γ = 1, V ≡ 0 it reduces to Â_t = r."""
+
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten: bool = True
+
+    def advantages_and_returns(self, b: Batch) -> tuple[Tensor, Tensor]:
+        m = b.mask
+        v = b.values.detach() * m
+        last = (m.cumsum(-1) == m.sum(-1, keepdim=True)) & (m > 0)
+        r = b.reward[:, None] * last.to(m.dtype)
+        adv, running = torch.zeros_like(v), torch.zeros_like(v[:, 0])
+        for t in reversed(range(v.shape[1])):
+            nxt = v[:, t + 1] if t + 1 < v.shape[1] else torch.zeros_like(running)
+            running = r[:, t] + self.gamma * nxt - v[:, t] + self.gamma * self.lam * running
+            adv[:, t] = running
+        return adv * m, (adv + v) * m
+
+    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
+        adv, _ = self.advantages_and_returns(b)
+        if not self.whiten:
+            return adv
+        m = b.mask
+        stats = torch.stack([(adv * m).sum(), (adv ** 2 * m).sum(), m.sum()])
+        s, q, n = all_reduce(stats) if all_reduce else stats
+        mean = s / n
+        var = (q - n * mean ** 2) / (n - 1).clamp_min(1)
+        return (adv - mean) * torch.rsqrt(var + 1e-8) * m
+
+
+# ------------------------------------------------------------------------------ reductions
+
+
+@dataclass(frozen=True)
+class TokenMean:
+    """L = Σ_{i,t} ℓ_{i,t} / Σ_i |τ_i| over the whole step's batch (DAPO, arXiv 2503.14476).
+    Every token weighs the same; the count is global, never per micro-batch."""
+
+    def row_weight(self, mask: Tensor) -> Tensor:
+        return torch.ones_like(mask[:, 0])
+
+    def count(self, mask: Tensor, rows: Tensor) -> Tensor:
+        return (mask * rows[:, None]).sum()
+
+
+@dataclass(frozen=True)
+class SeqMeanTokenMean:
+    """L = (1/N) Σ_i (1/|τ_i|) Σ_t ℓ_{i,t} (GRPO, DeepSeekMath Eq. 3; paper Eq. 16): each
+    sequence weighs the same, shorter sequences' tokens more (Dr. GRPO's length bias)."""
+
+    def row_weight(self, mask: Tensor) -> Tensor:
+        return 1.0 / mask.sum(-1).clamp_min(1)
+
+    def count(self, mask: Tensor, rows: Tensor) -> Tensor:
+        return rows.to(mask.dtype).sum()
+
+
+@dataclass(frozen=True)
+class SeqMeanTokenSum:
+    """L = (1/N) Σ_i Σ_t ℓ_{i,t}: the Monte Carlo average of whole-sequence score-function
+    terms, unbiased for REINFORCE/RLOO (paper Eq. 11 as printed, (1/n)Σ_iΣ_t)."""
+
+    def row_weight(self, mask: Tensor) -> Tensor:
+        return torch.ones_like(mask[:, 0])
+
+    def count(self, mask: Tensor, rows: Tensor) -> Tensor:
+        return rows.to(mask.dtype).sum()
+
+
+@dataclass(frozen=True)
+class ConstantNormaliser:
+    """L = Σ_{i,t} ℓ_{i,t} / (C · N) with ``per_row`` (Dr. GRPO, arXiv 2503.20783: C = the
+    generation budget; TRL's ``loss_type="dr_grpo"``), or Σ ℓ / C without it (the official
+    HPT/LUFFY code: Σ over tokens / 8192 per rank, averaged over 8 ranks ⇒ C = 8192·8).
+    No per-sequence length division, hence no length bias."""
+
+    constant: float = 1024.0
+    per_row: bool = True
+
+    def row_weight(self, mask: Tensor) -> Tensor:
+        return torch.ones_like(mask[:, 0])
+
+    def count(self, mask: Tensor, rows: Tensor) -> Optional[Tensor]:
+        return rows.to(mask.dtype).sum() if self.per_row else None
+
+    def scale(self) -> float:
+        return self.constant
+
+
+# ----------------------------------------------------------------------------- extra terms
+
+
+@dataclass(frozen=True)
+class KLPenalty:
+    """coef · KL(π_θ‖π_ref) per token, added to the loss (Schulman's estimators, joschu.net/blog/
+    kl-approx): k1 = log π_θ − log π_ref, k2 = ½(log π_θ − log π_ref)², k3 = e^{−d} + d − 1 with
+    d = log π_θ − log π_ref (GRPO, DeepSeekMath). Needs ``Batch.logp_ref``."""
+
+    coef: float = 0.04
+    kind: str = "k3"
+
+    def __post_init__(self):
+        if self.kind not in ("k1", "k2", "k3"):
+            raise ValueError(f"KLPenalty.kind must be 'k1', 'k2' or 'k3', got {self.kind!r}")
+
+    def __call__(self, b: Batch) -> Tensor:
+        d = b.logp - b.logp_ref
+        return {"k1": d, "k2": 0.5 * d * d, "k3": torch.exp(-d) + d - 1}[self.kind]
+
+
+# ----------------------------------------------------------------------------------- gates
+
+
+def pass_rates(b: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row: (#correct rollouts c, #rollouts n, pass rate P = c/n; 0 with no rollouts) of its
+    prompt (paper Eq. 7–8; a rollout is correct when its reward ≥ 0.5)."""
+    c, n, _ = group_moments((b.reward >= 0.5).to(b.logp.dtype), b.group, b.rollouts)
+    return c, n, c / n.clamp_min(1)
+
+
+@dataclass(frozen=True)
+class Switch:
+    """HPT's switch gate (paper Eq. 10; official ``select_on_off_ada_balance``): with c of n
+    rollouts correct, (α, β) = (0, beta) if c ≤ gamma else (1, 0). ``gamma`` is a count out of n
+    (Qwen: 0, LLaMA: 2 of 8)."""
+
+    gamma: int = 0
+    beta: float = 1.0
+
+    def __call__(self, c: Tensor, n: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        sft = c <= self.gamma + 1e-9
+        return (~sft).to(p.dtype), sft.to(p.dtype) * self.beta
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A continuous gate (paper Eq. 9 with f increasing, g decreasing): α = P, β = beta·(1 − P)."""
+
+    beta: float = 1.0
+
+    def __call__(self, c: Tensor, n: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        return p, self.beta * (1 - p)
+
+
+@dataclass(frozen=True)
+class Power:
+    """A continuous gate matching HPT's expected SFT weight: α = 1, β = beta·(1 − P)^k
+    (with k = n it is E[1{all n fail}] given P — the smooth version of `Switch(0)`)."""
+
+    k: float = 8.0
+    beta: float = 1.0
+
+    def __call__(self, c: Tensor, n: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(p), self.beta * (1 - p) ** self.k
+
+
+@dataclass(frozen=True)
+class Always:
+    """(α, β) ≡ (alpha, beta): both components on every prompt (LUFFY, SRFT)."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    def __call__(self, c: Tensor, n: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.full_like(p, self.alpha), torch.full_like(p, self.beta)
+
+
+def describe(part) -> str:
+    """`Clip(eps_low=0.2, eps_high=0.28)`: a part with its hyper-parameters, for tables/records."""
+    if part is None:
+        return "—"
+    return repr(part).replace("estimators.parts.", "")
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "dataclass",
+           "Optional", "Tensor", "torch", "Batch", "BatchError")]

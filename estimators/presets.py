@@ -1,0 +1,86 @@
+"""Every method as a composition of the five parts: one literal table.
+
+A variant is ``get("grpo").replace(mask=Clip(0.2, 0.28))``; nothing here copies a loss body.
+Constants that depend on the run (the Dr. GRPO / HPT generation budget) are the papers' values;
+the trainer replaces them with its own ``max_new_tokens`` where the method says so.
+"""
+from __future__ import annotations
+
+from .estimator import ALL, DEMOS, Estimator, Hybrid, TrainerSteps
+from .parts import (CISClip, Clip, ConstantNormaliser, Current, GAE, GroupNormalised, Always,
+                    BatchNormalised, NoClip, Old, Ones, Plain, Reward, SeqMeanTokenMean,
+                    SeqMeanTokenSum, SequenceGeometric, Shaped, Switch, TokenMean, Unit)
+
+GRPO_ADV = GroupNormalised(center="mean", scale="std")
+DR_GRPO_ADV = GroupNormalised(center="mean", scale="none")
+OFFICIAL_HPT_NORMALISER = ConstantNormaliser(constant=8192 * 8, per_row=False)
+
+SFT = Estimator(NoClip(), Current(), Ones(), Plain(), TokenMean(), rows=DEMOS,
+                source="paper Table 1 row SFT, App. A Eq. 14–15 (token-mean NLL of the demonstration)")
+
+PRESETS: dict = {
+    "sft": SFT,
+    "reinforce": Estimator(
+        NoClip(), Current(), Reward(), Plain(), SeqMeanTokenSum(),
+        source="Williams 1992; paper Table 1 row REINFORCE (Ahmadian et al. arXiv 2402.14740); "
+               "Â = r (their ±1 is Reward(baseline=0.5, scale=2), 2× the same gradient)"),
+    "rloo": Estimator(
+        NoClip(), Current(), GroupNormalised(center="loo"), Plain(), SeqMeanTokenSum(),
+        source="Kool et al. 2019; Ahmadian et al. arXiv 2402.14740 §3 (leave-one-out baseline)"),
+    "reinforce_pp": Estimator(
+        Clip(0.2, 0.2), Old(), BatchNormalised(), Plain(), TokenMean(),
+        source="Hu, REINFORCE++ arXiv 2501.03262 (global batch-normalised advantage, PPO clip)"),
+    "ppo": Estimator(
+        Clip(0.2, 0.2), Old(), GAE(gamma=1.0, lam=0.95), Plain(), TokenMean(), needs=("values",),
+        trainer=TrainerSteps(value_head=True, epochs=4),
+        source="Schulman et al. arXiv 1707.06347 + GAE arXiv 1506.02438; paper Table 1 row PPO, App. B.3 Eq. 21"),
+    "grpo": Estimator(
+        Clip(0.2, 0.2), Old(), GRPO_ADV, Plain(), SeqMeanTokenMean(),
+        source="Shao et al. (DeepSeekMath) arXiv 2402.03300 Eq. 3; paper Table 1 row GRPO, Eq. 5, 16–18"),
+    "dr_grpo": Estimator(
+        Clip(0.2, 0.2), Old(), DR_GRPO_ADV, Plain(), ConstantNormaliser(constant=1024, per_row=True),
+        source="Liu et al. (Dr. GRPO) arXiv 2503.20783 §3.2 (no std, no length division; C = generation budget)"),
+    "dapo": Estimator(
+        Clip(0.2, 0.28), Old(), GRPO_ADV, Plain(), TokenMean(),
+        trainer=TrainerSteps(dynamic_sampling=True, overlong_buffer=4096, overlong_penalty=1.0),
+        source="Yu et al. (DAPO) arXiv 2503.14476 Eq. 8–13 (clip-higher, token-level loss, "
+               "dynamic sampling, overlong reward shaping)"),
+    "gspo": Estimator(
+        Clip(3e-4, 4e-4), SequenceGeometric(), GRPO_ADV, Plain(), SeqMeanTokenMean(),
+        source="Zheng et al. (GSPO) arXiv 2507.18071 Eq. 5–7; paper Table 1 row GSPO (sequence clip)"),
+    "cispo": Estimator(
+        CISClip(eps_low=1.0, eps_high=0.28), Old(), GRPO_ADV, Plain(), TokenMean(),
+        source="MiniMax-M1 arXiv 2506.13585 Eq. 4–5; paper Table 1 row CISPO (no lower bound on the weight)"),
+    "luffy": Hybrid(
+        rl=Estimator(NoClip(), Old(), GroupNormalised(center="mean", with_demos=True), Plain(), TokenMean()),
+        sft=Estimator(NoClip(), Unit(), GroupNormalised(center="mean", with_demos=True), Shaped(gamma=0.1),
+                      TokenMean(), rows=DEMOS),
+        gate=Always(1.0, 1.0), joint=OFFICIAL_HPT_NORMALISER, entropy_coef=0.001,
+        trainer=TrainerSteps(demo_in_group=True),
+        source="Yan et al. (LUFFY) arXiv 2504.14945; paper Table 1 row LUFFY; official train_luffy.sh: "
+               "7 rollouts + 1 demo per group, union advantage without std, f(π)=π/(π+0.1), no clip"),
+    "srft": Estimator(
+        NoClip(), Unit(), GroupNormalised(center="mean", scale="std", with_demos=True), Plain(),
+        SeqMeanTokenMean(), rows=ALL, trainer=TrainerSteps(demo_in_group=True),
+        source="Fu et al. (SRFT); paper Table 1 row SRFT, App. A Eq. 19–20 (π_ref ≡ 1 on G_on ∪ G_off)"),
+    "hpt": Hybrid(
+        rl=Estimator(NoClip(), Old(), DR_GRPO_ADV, Plain(), OFFICIAL_HPT_NORMALISER),
+        sft=SFT, gate=Switch(gamma=0, beta=1.0), entropy_coef=0.001,
+        trainer=TrainerSteps(gated_demos=True),
+        source="paper §2.4 Alg. 1 as the official code ran it (paper-notes §2.2): Dr. GRPO advantage, "
+               "no clip, Σ/(8192·8), SFT token-mean on the demo when c ≤ γ=0 of n=8, entropy 0.001"),
+    "hpt_paper": Hybrid(
+        rl=Estimator(Clip(0.2, 0.2), Old(), GRPO_ADV, Plain(), SeqMeanTokenSum()),
+        sft=SFT.replace(reduction=SeqMeanTokenMean()), gate=Switch(gamma=0, beta=1.0),
+        trainer=TrainerSteps(gated_demos=True),
+        source="paper §2.4 Eq. 10–12 as printed: std-normalised Â, PPO clip (ε unstated; 0.2), "
+               "(1/n)Σ_iΣ_t, SFT (1/|τ*|)Σ_t"),
+}
+
+
+def get(name: str):
+    """The preset called ``name``; an unknown name raises KeyError listing the valid ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown estimator {name!r}; valid names: {', '.join(sorted(PRESETS))}") from None

@@ -1,0 +1,53 @@
+"""The method table, generated from `PRESETS`: ``python -m estimators.table > docs/methods.md``."""
+from __future__ import annotations
+
+from .estimator import Hybrid
+from .presets import PRESETS
+
+FORMULA = "grad = 1_stable · (1/π_ref) · Â · ∇π_θ, reduced to a scalar"
+COLUMNS = ("mask", "denominator", "advantage", "likelihood", "reduction", "rows")
+
+
+def _cell(est, col: str) -> str:
+    if isinstance(est, Hybrid):
+        return f"RL: {est.rl.parts()[col]}<br>SFT: {est.sft.parts()[col]}"
+    return est.parts()[col]
+
+
+def markdown() -> str:
+    lines = ["# Methods as configurations of one estimator", "",
+             f"Generated from `estimators.PRESETS` by `python -m estimators.table`. {FORMULA}.", "",
+             "| preset | " + " | ".join(COLUMNS) + " | extras | source |",
+             "|" + "---|" * (len(COLUMNS) + 3)]
+    for name, est in PRESETS.items():
+        extras = []
+        if isinstance(est, Hybrid):
+            extras.append(f"gate {est.gate!r}")
+            if est.joint is not None:
+                extras.append(f"joint normaliser {est.joint!r}")
+        for attr in ("entropy_coef",):
+            if getattr(est, attr, 0):
+                extras.append(f"entropy bonus {getattr(est, attr)}")
+        if getattr(est, "kl", None) is not None:
+            extras.append(f"KL {est.kl!r}")
+        t = est.trainer
+        steps = [f"{k}={v}" for k, v in vars(t).items() if v != type(t)().__dict__[k]]
+        if steps:
+            extras.append("trainer: " + ", ".join(steps))
+        row = [f"`{name}`"] + [_cell(est, c) for c in COLUMNS] + ["; ".join(extras) or "—", est.source]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Parts", ""]
+    from . import parts
+    for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.TruncatedIS,
+                parts.NoClip, parts.Clip, parts.CISClip, parts.Plain, parts.Shaped, parts.Ones,
+                parts.Reward, parts.GroupNormalised, parts.BatchNormalised, parts.GAE,
+                parts.TokenMean, parts.SeqMeanTokenMean, parts.SeqMeanTokenSum,
+                parts.ConstantNormaliser, parts.KLPenalty, parts.Switch, parts.Linear,
+                parts.Power, parts.Always):
+        doc = " ".join((cls.__doc__ or "").split())
+        lines.append(f"- **`{cls.__name__}`** — {doc}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")
