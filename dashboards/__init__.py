@@ -1,0 +1,1 @@
+"""Streamlit dashboard over run records (``streamlit run dashboards/app.py``). Never imports torch."""

@@ -1,0 +1,49 @@
+"""Estimators page: the probe table and bias / variance of each estimator vs G and staleness."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboards import charts, data
+from dashboards.state import Context
+
+VARIANCE_METRICS = ("cos", "trCov", "SNR")
+BIAS_METRICS = ("rel_bias", "cos", "dir_err", "scale")
+
+
+def fix_other_settings(rows: pd.DataFrame, swept: str, key: str) -> pd.DataFrame:
+    """Hold every setting other than the swept one fixed at a value the user picks."""
+    for col in sorted(c for c in rows.columns if c.startswith("s:") and c != f"s:{swept}"):
+        values = sorted(rows[col].dropna().unique(), key=str)
+        if len(values) > 1:
+            choice = st.selectbox(col[2:], values, key=f"{key}_{col}")
+            rows = rows[rows[col] == choice]
+    return rows
+
+
+def render(ctx: Context) -> None:
+    """Sortable probe table; cos / trCov / SNR vs G; bias vs staleness."""
+    st.title("Estimators")
+    probes = ctx.probes()
+    if probes.empty:
+        st.info("No probe records yet. Create them with "
+                "`python -m probes.variance --estimators all`.")
+        return
+    names = sorted(probes["probe"].dropna().unique())
+    probe = st.selectbox("Probe", names, key="est_probe")
+    rows = probes[probes["probe"] == probe].dropna(axis=1, how="all")
+    st.subheader("Probe table")
+    st.caption("Click a column header to sort.")
+    st.dataframe(data.probe_table(rows), hide_index=True)
+    stale = data.staleness_key(rows)
+    fresh = rows[rows[f"s:{stale}"].isna()] if stale else rows
+    g_rows = data.sweep(fix_other_settings(fresh, "G", "est_g"), "G", VARIANCE_METRICS)
+    if not g_rows.empty:
+        st.altair_chart(charts.sweep_chart(g_rows, "cos / trCov / SNR vs group size G", "G"),
+                        key="chart_vs_g")
+    if stale:
+        s_rows = data.sweep(fix_other_settings(rows[rows[f"s:{stale}"].notna()], stale,
+                                               "est_k"), stale, BIAS_METRICS)
+        if not s_rows.empty:
+            st.altair_chart(charts.sweep_chart(s_rows, f"Bias vs staleness ({stale})",
+                                               f"staleness {stale}"), key="chart_vs_stale")
