@@ -135,11 +135,10 @@ class Estimator:
         if weight is not None:
             rows = rows & (weight != 0)
         empty = rows & (b.mask.sum(-1) == 0)
-        if not isinstance(self.reduction, P.SeqMeanTokenMean):
-            empty = empty & b.is_demo  # an empty rollout is legal; an empty demo or 1/|τ|=1/0 is not
-        if bool(empty.any()):
-            raise BatchError(f"Batch.mask: row {int(empty.nonzero()[0])} has no response tokens, "
-                             "but this estimator trains on it")
+        if bool((empty & b.is_demo).any()):
+            raise BatchError(f"Batch.mask: row {int((empty & b.is_demo).nonzero()[0])} has no response "
+                             "tokens, but it is a demonstration this estimator trains on")
+        rows = rows & ~empty    # a fully masked rollout is not counted (as verl's agg_loss)
         with torch.no_grad():
             adv = self.advantage(b, all_reduce).to(b.logp.dtype)
             adv = adv[:, None].expand_as(b.logp) if adv.dim() == 1 else adv

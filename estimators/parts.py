@@ -275,8 +275,8 @@ class GAE:
         m = b.mask
         stats = torch.stack([(adv * m).sum(), (adv ** 2 * m).sum(), m.sum()])
         s, q, n = all_reduce(stats) if all_reduce else stats
-        mean = s / n
-        var = (q - n * mean ** 2) / (n - 1).clamp_min(1)
+        mean = s / n.clamp_min(1)
+        var = ((q - n * mean ** 2) / (n - 1).clamp_min(1)).clamp_min(0)
         return (adv - mean) * torch.rsqrt(var + 1e-8) * m
 
 
