@@ -1,0 +1,80 @@
+"""``python -m paper_figures --runs runs/ --out figures/ [--only NAME ...] [--run-missing]``.
+
+Draws every figure and table it has runs for, and prints the command that produces each missing
+run. ``--run-missing`` first runs those commands (embedded-default experiments, by subprocess
+``python -m training.run <preset> ...`` with $UPGE_RUNS_DIR set to the runs directory), then
+draws everything.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from dashboards.data import ENV_RUNS_DIR
+from paper_figures import SCRIPTS
+from paper_figures.common import (MINUTES_PER_RUN, FigureResult, Requirement, RunIndex, report,
+                                  unique_requirements)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m paper_figures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
+    parser.add_argument("--out", type=Path, default=Path("figures"), help="output directory")
+    parser.add_argument("--only", nargs="+", choices=sorted(SCRIPTS), help="just these")
+    parser.add_argument("--run-missing", action="store_true",
+                        help=f"run the missing experiments first (~{MINUTES_PER_RUN} min each "
+                             "on CPU with the embedded default)")
+    return parser.parse_args(argv)
+
+
+def make_all(runs: Path, out: Path, names: Sequence[str]) -> list[FigureResult]:
+    """Draw the chosen figures from the records under ``runs``."""
+    index = RunIndex(runs)
+    for note in index.notes:
+        print(f"note: {note}")
+    return [SCRIPTS[name](index, out) for name in names]
+
+
+def missing_runs(results: Sequence[FigureResult]) -> list[Requirement]:
+    """Every missing run, once, in the order first needed."""
+    return unique_requirements(req for r in results for req in r.missing)
+
+
+def run_experiments(reqs: Sequence[Requirement], runs: Path) -> list[int]:
+    """Run each missing experiment with the training CLI; returns their exit codes."""
+    print(f"running {len(reqs)} experiment(s), about {MINUTES_PER_RUN * len(reqs)} min "
+          f"in all on CPU (embedded default)", flush=True)
+    env = {**os.environ, ENV_RUNS_DIR: str(runs)}
+    codes = []
+    for req in reqs:
+        print(f"$ {req.command}", flush=True)
+        codes.append(subprocess.run([sys.executable, "-m", "training.run", *req.argv()],
+                                    env=env, check=False).returncode)
+    return codes
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = args.only or list(SCRIPTS)
+    results = make_all(args.runs, args.out, names)
+    todo = missing_runs(results)
+    if todo and args.run_missing:
+        if any(run_experiments(todo, args.runs)):
+            print("some experiments failed; drawing what exists", file=sys.stderr)
+        results = make_all(args.runs, args.out, names)
+        todo = missing_runs(results)
+    for result in results:
+        print(report(result))
+    if todo:
+        print(f"\n{len(todo)} run(s) missing; make them with --run-missing or:")
+        print("\n".join(f"  {req.command}" for req in todo))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
