@@ -22,7 +22,7 @@ def line_chart(tidy: pd.DataFrame, title: str, y_title: str = "value", color: st
     chart = alt.Chart(tidy).mark_line(point=len(tidy) <= 400).encode(**enc).interactive()
     if facet:
         return (chart.properties(width=280, height=HEIGHT - 40)
-                .facet(column=alt.Column(f"{facet}:N", title=None), title=title))
+                .facet(facet=alt.Facet(f"{facet}:N", title=None), columns=3, title=title))
     return chart.properties(title=title, height=HEIGHT)
 
 
