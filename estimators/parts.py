@@ -32,6 +32,9 @@ class Current:
 
     Paper Table 1 rows SFT / REINFORCE. Reduces to the plain score-function gradient."""
 
+    def formula(self) -> str:
+        return "π_ref = π_θ"
+
     def __call__(self, b: Batch) -> Tensor:
         return torch.exp(b.logp - b.logp.detach())
 
@@ -42,6 +45,9 @@ class Old:
 
     Paper Eq. 16/18. At θ = θ_old it reduces to `Current` (ρ ≡ 1, same gradient)."""
 
+    def formula(self) -> str:
+        return "π_ref = π_θold"
+
     def __call__(self, b: Batch) -> Tensor:
         return torch.exp(b.logp - b.logp_old)
 
@@ -51,6 +57,9 @@ class Unit:
     """π_ref ≡ 1 (LUFFY / SRFT offline rows): ρ_t = π_θ(y_t|s_t); gradient Â·∇π_θ (Eq. 19–20).
 
     Biased unless the offline data covers the rollout space uniformly (paper §2.3)."""
+
+    def formula(self) -> str:
+        return "π_ref ≡ 1"
 
     def __call__(self, b: Batch) -> Tensor:
         return torch.exp(b.logp)
@@ -63,6 +72,9 @@ class SequenceGeometric:
 
     With a seq-mean-token-mean reduction the surrogate is (1/N) Σ_i s_i Â_i. For |τ| = 1 it
     reduces to `Old`."""
+
+    def formula(self) -> str:
+        return "π_ref = π_θ·(π_θold/π_θ)^(1/|τ|)"
 
     def __call__(self, b: Batch) -> Tensor:
         n = b.mask.sum(-1).clamp_min(1)
@@ -77,6 +89,9 @@ class TruncatedIS:
 
     Corrects rows sampled by an engine (e.g. vLLM) whose log-probs differ from the trainer's.
     With cap ≥ max ratio it is plain sequence-token IS; with π_behavior = π_θold it is `base`."""
+
+    def formula(self) -> str:
+        return f"{self.base.formula()} · min(π_θold/π_behavior, {self.cap})"
 
     base: object = Old()
     cap: float = 2.0
@@ -93,6 +108,9 @@ class TruncatedIS:
 class NoClip:
     """1_stable ≡ 1 (SFT, REINFORCE, offline rows, the official HPT run)."""
 
+    def formula(self) -> str:
+        return "1"
+
     def __call__(self, ratio: Tensor, adv: Tensor) -> Tensor:
         return torch.ones_like(ratio)
 
@@ -106,6 +124,9 @@ class Clip:
     ε_low = ε_high = 0.2 is PPO; (0.2, 0.28) is DAPO's clip-higher; `dual` = c > 1 adds the
     dual clip (Ye et al. 2020): 1_stable = 0 also where Â < 0 and ρ > c. Applied to a sequence
     ratio (`SequenceGeometric`) it is GSPO's sequence clip."""
+
+    def formula(self) -> str:
+        return f"1_clip(ε_low={self.eps_low:g}, ε_high={self.eps_high:g})" + (f" · 1_dual(c={self.dual:g})" if self.dual else "")
 
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -126,6 +147,9 @@ class CISClip:
 
     As a multiplier on ρ: M = sg(clip(ρ)/ρ). With ρ inside the band it reduces to `NoClip`."""
 
+    def formula(self) -> str:
+        return f"sg(clip(ρ, 1−{self.eps_low}, 1+{self.eps_high}))/ρ"
+
     eps_low: float = 1.0
     eps_high: float = 0.28
 
@@ -141,6 +165,9 @@ class CISClip:
 class Plain:
     """L(ρ) = ρ: the differentiated quantity is ∇π_θ/π_ref itself (every Table 1 row but LUFFY)."""
 
+    def formula(self) -> str:
+        return "∇π_θ"
+
     def __call__(self, ratio: Tensor) -> Tensor:
         return ratio
 
@@ -150,6 +177,9 @@ class Shaped:
     """LUFFY policy shaping (arXiv 2504.14945): L(π) = π/(π+γ), so the token weight becomes
     γ/(π+γ)²·∇π — larger for low-probability demonstration tokens. Official code option
     ``off_policy_reshape="p_div_p_0.1"`` (γ = 0.1). As γ → ∞ (rescaled) it reduces to `Plain`."""
+
+    def formula(self) -> str:
+        return f"∇[π_θ/(π_θ+{self.gamma})]"
 
     gamma: float = 0.1
 
@@ -175,6 +205,9 @@ def group_moments(x: Tensor, group: Tensor, member: Tensor) -> tuple[Tensor, Ten
 class Ones:
     """Â ≡ 1 (SFT, paper Table 1)."""
 
+    def formula(self) -> str:
+        return "1"
+
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:
         return torch.ones_like(b.reward)
 
@@ -183,6 +216,9 @@ class Ones:
 class Reward:
     """Â = scale·(r − baseline) (REINFORCE, Williams 1992). Unbiased for ∇J: E ĝ = scale·∇J.
     Ahmadian et al.'s ±1 for binary r is ``Reward(baseline=0.5, scale=2)``."""
+
+    def formula(self) -> str:
+        return "r" if (self.baseline, self.scale) == (0.0, 1.0) else f"{self.scale}·(r − {self.baseline})"
 
     baseline: float = 0.0
     scale: float = 1.0
@@ -201,6 +237,11 @@ class GroupNormalised:
                    (GRPO, Eq. 5); E ĝ_x = w(p,G)·∇p_x.
     with_demos:    demonstration rows count as group members (LUFFY/SRFT, G_on ∪ G_off).
     A group with one member gets Â = 0. Non-member rows get their group's statistic too."""
+
+    def formula(self) -> str:
+        centred = "r − mean_{j≠i} r_j" if self.center == "loo" else "r − mean_G r"
+        scaled = f"({centred}) / std_G r" if self.scale == "std" else centred
+        return scaled + (" over G_on ∪ G_off" if self.with_demos else "")
 
     center: str = "mean"
     scale: str = "none"
@@ -234,6 +275,9 @@ class BatchNormalised:
     """REINFORCE++ (Hu 2025, arXiv 2501.03262): Â = (r − mean_batch r)/(std_batch r + eps),
     the statistics taken over the rollouts of the whole (global) batch."""
 
+    def formula(self) -> str:
+        return "(r − mean_batch r) / std_batch r"
+
     eps: float = 1e-6
 
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:
@@ -251,6 +295,9 @@ class GAE:
     δ_t = r_t + γV_{t+1} − V_t, Â_t = Σ_l (γλ)^l δ_{t+l}, the sequence reward on its last token,
     V = 0 beyond the response. ``whiten`` standardises Â over the batch's tokens (verl's
     ``masked_whiten``). Needs ``Batch.values``. With λ = 1, γ = 1, V ≡ 0 it reduces to Â_t = r."""
+
+    def formula(self) -> str:
+        return f"GAE(γ={self.gamma}, λ={self.lam})" + (", whitened" if self.whiten else "")
 
     gamma: float = 1.0
     lam: float = 0.95
@@ -288,6 +335,9 @@ class TokenMean:
     """L = Σ_{i,t} ℓ_{i,t} / Σ_i |τ_i| over the whole step's batch (DAPO, arXiv 2503.14476).
     Every token weighs the same; the count is global, never per micro-batch."""
 
+    def formula(self) -> str:
+        return "Σ_{i,t} ℓ / Σ_i |τ_i|"
+
     def row_weight(self, mask: Tensor) -> Tensor:
         return torch.ones_like(mask[:, 0])
 
@@ -300,6 +350,9 @@ class SeqMeanTokenMean:
     """L = (1/N) Σ_i (1/|τ_i|) Σ_t ℓ_{i,t} (GRPO, DeepSeekMath Eq. 3; paper Eq. 16): each
     sequence weighs the same, shorter sequences' tokens more (Dr. GRPO's length bias)."""
 
+    def formula(self) -> str:
+        return "(1/N) Σ_i (1/|τ_i|) Σ_t ℓ"
+
     def row_weight(self, mask: Tensor) -> Tensor:
         return 1.0 / mask.sum(-1).clamp_min(1)
 
@@ -311,6 +364,9 @@ class SeqMeanTokenMean:
 class SeqMeanTokenSum:
     """L = (1/N) Σ_i Σ_t ℓ_{i,t}: the Monte Carlo average of whole-sequence score-function
     terms, unbiased for REINFORCE/RLOO (paper Eq. 11 as printed, (1/n)Σ_iΣ_t)."""
+
+    def formula(self) -> str:
+        return "(1/N) Σ_i Σ_t ℓ"
 
     def row_weight(self, mask: Tensor) -> Tensor:
         return torch.ones_like(mask[:, 0])
@@ -325,6 +381,9 @@ class ConstantNormaliser:
     generation budget; TRL's ``loss_type="dr_grpo"``), or Σ ℓ / C without it (the official
     HPT/LUFFY code: Σ over tokens / 8192 per rank, averaged over 8 ranks ⇒ C = 8192·8).
     No per-sequence length division, hence no length bias."""
+
+    def formula(self) -> str:
+        return f"Σ_{{i,t}} ℓ / ({self.constant:g}·N)" if self.per_row else f"Σ_{{i,t}} ℓ / {self.constant:g}"
 
     constant: float = 1024.0
     per_row: bool = True

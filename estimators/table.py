@@ -8,10 +8,15 @@ FORMULA = "grad = 1_stable · (1/π_ref) · Â · ∇π_θ, reduced to a scalar"
 COLUMNS = ("mask", "denominator", "advantage", "likelihood", "reduction", "rows")
 
 
+def _one(est, col: str) -> str:
+    part = getattr(est, col)
+    return f"{part.formula()}" if hasattr(part, "formula") else str(part)
+
+
 def _cell(est, col: str) -> str:
     if isinstance(est, Hybrid):
-        return f"RL: {est.rl.parts()[col]}<br>SFT: {est.sft.parts()[col]}"
-    return est.parts()[col]
+        return f"RL: {_one(est.rl, col)}<br>SFT: {_one(est.sft, col)}"
+    return _one(est, col)
 
 
 def markdown() -> str:
@@ -34,8 +39,10 @@ def markdown() -> str:
         steps = [f"{k}={v}" for k, v in vars(t).items() if v != type(t)().__dict__[k]]
         if steps:
             extras.append("trainer: " + ", ".join(steps))
+        extras.append("parts: `" + "`, `".join(f"{k}={v}" for k, v in est.parts().items()
+                                                 if k.split(".")[-1] in COLUMNS) + "`")
         row = [f"`{name}`"] + [_cell(est, c) for c in COLUMNS] + ["; ".join(extras) or "—", est.source]
-        lines.append("| " + " | ".join(row) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     lines += ["", "## Parts", ""]
     from . import parts
     for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.TruncatedIS,

@@ -262,3 +262,15 @@ def test_stats_and_parts_are_readable():
     assert set(out.stats) >= {"clip_fraction", "ratio_max", "adv_mean"}
     parts = estimators.get("hpt").parts()
     assert parts["gate"] == "Switch(gamma=0, beta=1.0)" and "GroupNormalised" in parts["rl.advantage"]
+
+
+def test_method_table_in_docs_is_generated_from_presets():
+    from pathlib import Path
+
+    from estimators.table import markdown
+    text = markdown()
+    for name in estimators.PRESETS:
+        assert f"| `{name}` |" in text
+    assert "(r − mean_G r) / std_G r" in text and "1_clip(ε_low=0.2, ε_high=0.28)" in text
+    doc = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
+    assert doc.read_text(encoding="utf-8") == text, "run: python -m estimators.table > docs/methods.md"
