@@ -19,6 +19,7 @@ parts in `estimators.parts`, composed with the project's `Estimator`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -180,7 +181,7 @@ def select(names: str, stale_steps=(1, 4, 16)) -> list[Probe]:
         return probes
     by_name = {p.name: p for p in probes}
     out, bad = [], []
-    for n in [s.strip() for s in names.split(",") if s.strip()]:
+    for n in [s.strip() for s in re.split(r",(?![^\[]*\])", names) if s.strip()]:
         hits = [by_name[n]] if n in by_name else [p for p in probes if p.stale and p.name.split("[")[0] == n]
         (out.extend(hits) if hits else bad.append(n))
     if bad or not out:

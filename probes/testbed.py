@@ -162,14 +162,19 @@ class Tree:
         th = theta.detach().requires_grad_(True)
         return torch.autograd.grad(self.objective(th, prompts), th)[0]
 
+    def _per_prompt_grad(self, f, theta: Tensor) -> Tensor:
+        """[X, D] ∇_θ f(θ)[x] for a per-prompt function f (one backward per prompt)."""
+        th = theta.detach().requires_grad_(True)
+        out = f(th)
+        return torch.stack([torch.autograd.grad(out[x], th, retain_graph=True)[0] for x in range(self.X)])
+
     def grad_p(self, theta: Tensor) -> Tensor:
         """[X, D] ∇p_x for every prompt."""
-        return torch.func.jacrev(self.pass_rate)(theta.detach())
+        return self._per_prompt_grad(self.pass_rate, theta)
 
     def grad_demo_logp(self, theta: Tensor) -> Tensor:
         """[X, D] E_{y∼π_β}[∇log π_θ(y|x)] = −∇KL(π_β‖π_θ) per prompt (the SFT target)."""
-        f = lambda th: (self.seq_logp(th) * self.demo).sum(-1)  # noqa: E731
-        return torch.func.jacrev(f)(theta.detach())
+        return self._per_prompt_grad(lambda th: (self.seq_logp(th) * self.demo).sum(-1), theta)
 
     def pass_at_k(self, theta: Tensor, ks, prompts: Tensor | None = None) -> Tensor:
         """[len(ks)] exact mean_x pass@k = 1 − (1 − p_x)^k (probes-spec §3.1)."""
