@@ -19,8 +19,9 @@ complement, or π_β) and
 with φ_τ,c(y) the gradient of a type-τ row holding y in a group with configuration c. φ is read
 off the estimator by placing every sequence of every type into a group of the right
 configuration (many groups in one Batch); the normaliser is rescaled from that enumeration
-batch to an update of P prompts × R groups. Rows that should coincide are checked to coincide,
-so a non-group-local estimator cannot pass silently. Groups are independent, so
+batch to an update of P prompts × R groups. Rows that should coincide are checked to coincide
+(this catches coefficients that depend on other rows' sequences; batch-global normalisers and
+advantages are excluded up front by `exact_support`). Groups are independent, so
 m = R Σ_x E ĝ_x and tr Cov = R Σ_x (E‖ĝ_x‖² − ‖E ĝ_x‖²).
 
 **Monte Carlo**: M independent updates sampled from π_old (and π_β), pushed through the same
@@ -251,10 +252,7 @@ def exact_moments(ctx: Context, est, prepare=lambda f: f, unit: float = 1.0) -> 
     x = ctx.prompts[rows["xi"]]
     b, leaf = make_batch(ctx, est, x, rows["j"], rows["tau"] == 2, rows["group"], prepare)
     rg = row_grads(est, b, leaf)
-    reds = ([est.joint] if getattr(est, "joint", None) is not None else [est.rl.reduction]) \
-        if isinstance(est, Hybrid) else [est.reduction]
-    zf = rows["n_groups"] / (ctx.P * ctx.R) if _row_count_reduction(reds[0]) == "rows" else 1.0
-    d = rg.d * zf * unit
+    d = rg.d * _z_factor(est, rows["n_groups"], ctx.P, ctx.R) * unit
     P, C, J = ctx.P, nR + 1, ctx.tree.J
     idx = (rows["tau"], rows["xi"], rows["c"], rows["j"])
     Dd = _dense(d, idx, (3, P, C, J), "row gradient")
@@ -289,31 +287,53 @@ def exact_moments(ctx: Context, est, prepare=lambda f: f, unit: float = 1.0) -> 
 # ------------------------------------------------------------------------------ Monte Carlo
 
 
-def mc_moments(ctx: Context, est, M: int, seed: int = 0, prepare=lambda f: f, unit: float = 1.0) -> Moments:
-    """M independent updates (P prompts × R groups each), sampled with a seeded generator."""
+def _z_factor(est, n_groups: int, P: int, R: int) -> float:
+    """Normaliser correction from a batch of ``n_groups`` groups to one update of P·R groups:
+    row-count normalisers scale with the group count, constants do not."""
+    red = (est.joint if est.joint is not None else est.rl.reduction) if isinstance(est, Hybrid) else est.reduction
+    return n_groups / (P * R) if _row_count_reduction(red) == "rows" else 1.0
+
+
+def _draw(ctx: Context, nR: int, nD: int, gen: torch.Generator) -> Tensor:
+    """[P, R, nR + nD] sequence indices of one update: rollouts from π_old, demos from π_β."""
+    P, R, x = ctx.P, ctx.R, ctx.prompts
+    out = []
+    if nR:
+        out.append(torch.multinomial(ctx.pi_old[x], R * nR, replacement=True, generator=gen).view(P, R, nR))
+    if nD:
+        out.append(torch.multinomial(ctx.tree.demo[x], R * nD, replacement=True, generator=gen).view(P, R, nD))
+    return torch.cat(out, -1)[None]
+
+
+def mc_moments(ctx: Context, est, M: int, seed: int = 0, prepare=lambda f: f, unit: float = 1.0,
+               chunk: int | None = None) -> Moments:
+    """M independent updates (P prompts × R groups each), sampled with a seeded generator.
+
+    For estimators with `exact_support` (group-local), ``chunk`` replicates share one Batch as
+    separate groups (normaliser rescaled as in `exact_moments`); otherwise each update is its
+    own Batch. Both give the same distribution of ĝ."""
     nR, nD = layout(est, ctx.G)
+    if chunk is None:
+        chunk = 64 if exact_support(est)[0] else 1
     gen = torch.Generator().manual_seed(seed)
     P, R, J, H = ctx.P, ctx.R, ctx.tree.J, ctx.tree.cfg.H
     x_p = ctx.prompts
     coeffs = torch.zeros(M, P, J, H, dtype=torch.float64)
     zero = gate = off = tokens = 0.0
-    xi = torch.arange(P)[:, None, None].expand(P, R, nR + nD)
-    grp = (xi * R + torch.arange(R)[None, :, None]).reshape(-1)
-    demo = (torch.arange(nR + nD) >= nR)[None, None, :].expand(P, R, -1).reshape(-1)
-    xi = xi.reshape(-1)
-    for m in range(M):
-        parts = []
-        if nR:
-            parts.append(torch.multinomial(ctx.pi_old[x_p], R * nR, replacement=True, generator=gen).view(P, R, nR))
-        if nD:
-            parts.append(torch.multinomial(ctx.tree.demo[x_p], R * nD, replacement=True, generator=gen).view(P, R, nD))
-        j = torch.cat(parts, -1).reshape(-1)
+    for m0 in range(0, M, chunk):
+        n = min(chunk, M - m0)
+        shape = (n, P, R, nR + nD)
+        xi = torch.arange(P)[None, :, None, None].expand(shape).reshape(-1)
+        rep = torch.arange(n)[:, None, None, None].expand(shape).reshape(-1)
+        grp = torch.arange(n * P * R).view(n, P, R, 1).expand(shape).reshape(-1)
+        demo = (torch.arange(nR + nD) >= nR).expand(shape).reshape(-1)
+        j = torch.cat([_draw(ctx, nR, nD, gen) for _ in range(n)]).reshape(-1)
         b, leaf = make_batch(ctx, est, x_p[xi], j, demo, grp, prepare)
         rg = row_grads(est, b, leaf)
-        coeffs[m].index_put_((xi, j), rg.d, accumulate=True)
-        nz = torch.zeros(P * R, dtype=torch.bool).index_put_((grp,), (rg.d != 0).any(-1), accumulate=True)
-        zero += float((~nz).to(torch.float64).mean())
-        gate += float(rg.sft.view(P * R, -1)[:, 0].to(torch.float64).mean())
+        coeffs[m0:m0 + n].index_put_((rep, xi, j), rg.d * _z_factor(est, n * P * R, P, R), accumulate=True)
+        nz = torch.zeros(n * P * R, dtype=torch.bool).index_put_((grp,), (rg.d != 0).any(-1), accumulate=True)
+        zero += float((~nz).to(torch.float64).sum()) / (P * R)
+        gate += float(rg.sft.view(n * P * R, -1)[:, 0].to(torch.float64).sum()) / (P * R)
         off += float(rg.off.sum())
         tokens += float(rg.tokens.sum())
     g = torch.einsum("mxjt,xjtd->md", coeffs, ctx.S) * unit
