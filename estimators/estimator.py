@@ -61,14 +61,19 @@ class Plan:
                     tuple(p.select(idx) for p in self.parts), self.gate)
 
 
-@dataclass
 class Output:
     """loss: the scalar *surrogate* (its value means nothing; its gradient is the estimator).
-    stats: floats for logging. gate: per-prompt (group, pass_rate, alpha, beta) decisions."""
+    stats: floats for logging, computed on first access (so an unlogged step pays nothing).
+    gate: per-prompt decisions {group, pass_rate, alpha, beta} (Hybrid only)."""
 
-    loss: Tensor
-    stats: dict
-    gate: list = field(default_factory=list)
+    def __init__(self, loss: Tensor, stats, gate: Optional[list] = None):
+        self.loss, self._stats, self.gate = loss, stats, gate or []
+
+    @property
+    def stats(self) -> dict:
+        if callable(self._stats):
+            self._stats = self._stats()
+        return self._stats
 
 
 def _normaliser(reduction, mask: Tensor, rows: Tensor, all_reduce) -> Tensor:
@@ -164,23 +169,22 @@ class Estimator:
 
     def __call__(self, b: Batch, plan: Optional[Plan] = None) -> Output:
         plan = plan if plan is not None else self.plan(b)
-        return Output(self.terms(b, plan).sum(), self.stats(b, plan))
+        return Output(self.terms(b, plan).sum(), lambda: self.stats(b, plan))
 
     def stats(self, b: Batch, plan: Plan) -> dict:
+        """Token means over the trained rows: advantage, clipped fraction, KL, entropy; max ρ."""
         with torch.no_grad():
             tok = b.mask * (plan.coef != 0).to(b.mask.dtype)[:, None]
             n = tok.sum().clamp_min(1)
             ratio = self.denominator(b)
-            off = (self.mask(ratio, plan.adv) != 1).to(tok.dtype)
-            out = {"adv_mean": float((plan.adv * tok).sum() / n),
-                   "ratio_max": float((ratio * tok).max()) if bool(tok.any()) else 1.0,
-                   "clip_fraction": float((off * tok).sum() / n),
-                   "tokens": float(tok.sum())}
+            values = {"adv_mean": plan.adv, "clip_fraction": (self.mask(ratio, plan.adv) != 1).to(tok.dtype)}
             if self.kl is not None:
-                out["kl"] = float((self.kl(b) * tok).sum() / n)
+                values["kl"] = self.kl(b)
             if b.entropy is not None:
-                out["entropy"] = float((b.entropy * tok).sum() / n)
-        return out
+                values["entropy"] = b.entropy
+            means = torch.stack([(v * tok).sum() / n for v in values.values()]
+                                + [(ratio * tok).max() if tok.numel() else n * 0, tok.sum()]).tolist()
+        return dict(zip(list(values) + ["ratio_max", "tokens"], means))
 
     def parts(self) -> dict:
         """The five parts (and extras) as readable strings, for tables and run records."""
@@ -246,12 +250,15 @@ class Hybrid:
 
     def __call__(self, b: Batch, plan: Optional[Plan] = None) -> Output:
         plan = plan if plan is not None else self.plan(b)
+        return Output(self.terms(b, plan).sum(), lambda: self.stats(b, plan), plan.gate)
+
+    def stats(self, b: Batch, plan: Plan) -> dict:
         stats = {f"rl/{k}": v for k, v in self.rl.stats(b, plan.parts[0]).items()}
         stats.update({f"sft/{k}": v for k, v in self.sft.stats(b, plan.parts[1]).items()})
         if plan.gate:
             stats["gate/sft_fraction"] = sum(d["beta"] > 0 and d["alpha"] == 0 for d in plan.gate) / len(plan.gate)
             stats["gate/mean_beta"] = sum(d["beta"] for d in plan.gate) / len(plan.gate)
-        return Output(self.terms(b, plan).sum(), stats, plan.gate)
+        return stats
 
     def parts(self) -> dict:
         out = {f"rl.{k}": v for k, v in self.rl.parts().items()}

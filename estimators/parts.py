@@ -289,6 +289,22 @@ class BatchNormalised:
         return (b.reward - mean) / (var.sqrt() + self.eps)
 
 
+def discounted_reverse_cumsum(x: Tensor, c: float, chunk: int = 256) -> Tensor:
+    """y_t = Σ_{s≥t} c^{s−t} x_s along the last dim, vectorised: a [chunk, chunk] discount matrix
+    within each chunk, and the carried y at the next chunk's start between chunks."""
+    T = x.shape[-1]
+    e = torch.arange(chunk, device=x.device)
+    e = (e[None, :] - e[:, None]).to(x.dtype)                                # s − t
+    K = torch.where(e >= 0, torch.full_like(e, c) ** e.clamp_min(0), torch.zeros_like(e))
+    out, carry = torch.empty_like(x), torch.zeros_like(x[..., 0])
+    for start in reversed(range(0, T, chunk)):
+        n = min(chunk, T - start)
+        tail = torch.full((n,), c, dtype=x.dtype, device=x.device) ** torch.arange(n, 0, -1, device=x.device)
+        out[..., start:start + n] = x[..., start:start + n] @ K[:n, :n].T + carry[..., None] * tail
+        carry = out[..., start]
+    return out
+
+
 @dataclass(frozen=True)
 class GAE:
     """Generalized Advantage Estimation (Schulman et al. 2015, arXiv 1506.02438), as PPO uses:
@@ -307,12 +323,9 @@ class GAE:
         m = b.mask
         v = b.values.detach() * m
         last = (m.cumsum(-1) == m.sum(-1, keepdim=True)) & (m > 0)
-        r = b.reward[:, None] * last.to(m.dtype)
-        adv, running = torch.zeros_like(v), torch.zeros_like(v[:, 0])
-        for t in reversed(range(v.shape[1])):
-            nxt = v[:, t + 1] if t + 1 < v.shape[1] else torch.zeros_like(running)
-            running = r[:, t] + self.gamma * nxt - v[:, t] + self.gamma * self.lam * running
-            adv[:, t] = running
+        nxt = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1)
+        delta = b.reward[:, None] * last.to(m.dtype) + self.gamma * nxt - v
+        adv = discounted_reverse_cumsum(delta, self.gamma * self.lam)
         return adv * m, (adv + v) * m
 
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:

@@ -274,3 +274,14 @@ def test_method_table_in_docs_is_generated_from_presets():
     assert "(r − mean_G r) / std_G r" in text and "1_clip(ε_low=0.2, ε_high=0.28)" in text
     doc = Path(__file__).resolve().parents[1] / "docs" / "methods.md"
     assert doc.read_text(encoding="utf-8") == text, "run: python -m estimators.table > docs/methods.md"
+
+
+@pytest.mark.parametrize("c, chunk", [(0.95, 4), (1.0, 3), (0.5, 256)])
+def test_discounted_reverse_cumsum_matches_a_loop(c, chunk):
+    from estimators.parts import discounted_reverse_cumsum
+    x = torch.randn(3, 11, dtype=DT, generator=torch.Generator().manual_seed(0))
+    ref, run = torch.zeros_like(x), torch.zeros(3, dtype=DT)
+    for t in reversed(range(11)):
+        run = x[:, t] + c * run
+        ref[:, t] = run
+    assert torch.allclose(discounted_reverse_cumsum(x, c, chunk=chunk), ref, atol=1e-12)
