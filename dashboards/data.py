@@ -68,14 +68,15 @@ def discover_runs(root: Path) -> tuple[list[Path], list[str]]:
 @dataclass
 class RunRecords:
     """The light records of one run: enough for the run table and the training curves.
-    Samples and probes are read separately (:func:`load_samples`, :func:`load_probes`)."""
+    Samples and probes are read separately (:func:`load_samples`, :func:`load_probes`), and so
+    may eval scores be (:func:`load_eval`; then ``eval`` stays empty)."""
 
     run_id: str
     path: Path
     config: dict = field(default_factory=dict)
     status: dict = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
-    eval: pd.DataFrame = field(default_factory=pd.DataFrame)
+    eval: pd.DataFrame = field(default_factory=lambda: frame([], EVAL_COLUMNS))
     notes: list[str] = field(default_factory=list)
 
 
@@ -104,8 +105,10 @@ def _note_texts(notes: records.Notes, run_dir: Path, root: Path | None) -> list[
     return [n.replace(base + os.sep, "") for n in notes.items]
 
 
-def load_run(run_dir: Path, root: Path | None = None) -> RunRecords:
-    """Config, status, metrics and eval scores of one run directory."""
+def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) -> RunRecords:
+    """Config, status, metrics and (unless ``with_eval`` is False) eval scores of one run.
+    Without eval, eval/scores.jsonl is still read when the metrics lack ``eval/accuracy``
+    (the run table needs a final accuracy)."""
     run_dir = Path(run_dir)
     rec = RunRecords(run_id=run_dir.name, path=run_dir, status=records.read_status(run_dir))
     try:
@@ -114,10 +117,17 @@ def load_run(run_dir: Path, root: Path | None = None) -> RunRecords:
         rec.notes.append(f"{run_dir.name}: config.json is not valid JSON; ignored ({e})")
     metric_rows, notes = records.read_metrics(run_dir)
     rec.metrics = metrics_frame(metric_rows)
-    eval_rows, eval_notes = records.read_eval(run_dir)
-    rec.eval = frame(eval_rows, EVAL_COLUMNS)
-    rec.notes += _note_texts(notes, run_dir, root) + _note_texts(eval_notes, run_dir, root)
+    rec.notes += _note_texts(notes, run_dir, root)
+    if with_eval or records.EVAL_ACCURACY not in rec.metrics.columns:
+        rec.eval, eval_notes = load_eval(run_dir, root)
+        rec.notes += eval_notes
     return rec
+
+
+def load_eval(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """eval/scores.jsonl of one run as a frame (tidy rows, see records.EVAL_FIELDS)."""
+    rows, notes = records.read_eval(run_dir)
+    return frame(rows, EVAL_COLUMNS), _note_texts(notes, Path(run_dir), root)
 
 
 def load_samples(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:

@@ -20,8 +20,15 @@ MAX_DEFAULT_SELECTED = 8
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def cached_run(path: str, root: str, signature: tuple) -> data.RunRecords:
-    """Light records of one run (``signature`` is only the cache key)."""
-    return data.load_run(Path(path), Path(root))
+    """Light records of one run, eval scores left for :func:`cached_eval` (``signature`` is
+    only the cache key)."""
+    return data.load_run(Path(path), Path(root), with_eval=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def cached_eval(path: str, root: str, signature: tuple) -> tuple[pd.DataFrame, list[str]]:
+    """eval/scores.jsonl of one run (``signature`` is only the cache key)."""
+    return data.load_eval(Path(path), Path(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -51,6 +58,12 @@ class Context:
     def training_runs(self) -> list[str]:
         """Runs that logged metrics (probe-only run directories are left out)."""
         return [r for r, rec in self.runs.items() if not rec.metrics.empty]
+
+    def eval(self, run: str) -> pd.DataFrame:
+        """Eval score rows of one run."""
+        df, notes = cached_eval(str(self.paths[run]), str(self.root), self.signatures[run])
+        self.notes.extend(notes)
+        return df
 
     def samples(self, run: str) -> pd.DataFrame:
         """Samples of one run (notes on skipped lines are added to the page's notes)."""

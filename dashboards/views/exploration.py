@@ -10,7 +10,7 @@ from dashboards.state import Context
 
 def run_curves(ctx: Context, run: str, level: str) -> pd.DataFrame:
     """Curves of one run from its eval scores, else recomputed from its samples."""
-    curves = passk.curves_from_eval(run, ctx.runs[run].eval, level)
+    curves = passk.curves_from_eval(run, ctx.eval(run), level)
     if curves.empty and (ctx.paths[run] / "samples.jsonl").exists():
         curves = passk.curves_from_samples(run, ctx.samples(run))
     return curves
@@ -20,7 +20,7 @@ def levels_of(ctx: Context) -> list[str]:
     """Levels with pass@k rows in the selected runs' eval scores ('all' first)."""
     levels = set()
     for run in ctx.selected:
-        ev = ctx.runs[run].eval
+        ev = ctx.eval(run)
         if not ev.empty:
             levels |= set(ev.loc[ev["metric"] == "pass@k", "level"].astype(str))
     return sorted(levels, key=lambda s: (s != "all", s)) or ["all"]
