@@ -31,6 +31,7 @@ import estimators
 import records
 
 from . import moments as Mo
+from .common import default_out
 from . import registry as Rg
 from .testbed import Tree, TreeConfig
 
@@ -295,10 +296,6 @@ def tidy_rows(res: dict, probe: str = "variance") -> list:
         out.append({"probe": probe, "estimator": a["estimator"], "setting": f"G={a['G']},{base}",
                     "metric": "mc_agrees", "value": float(a["ok"]), "stderr": float("nan")})
     return out
-
-
-def default_out(name: str) -> Path:
-    return Path("runs") / f"probes-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def write_records(res: dict, out: Path, config: dict, probe: str = "variance") -> None:
