@@ -112,10 +112,12 @@ class Estimator:
     needs: tuple = ()
     trainer: TrainerSteps = TrainerSteps()
     source: str = ""
+    name: str = "this estimator"
 
     # -- validation --------------------------------------------------------------------------
-    def check(self, b: Batch, name: str = "this estimator") -> None:
+    def check(self, b: Batch) -> None:
         """Reject a batch this estimator cannot use, naming the field."""
+        name = self.name
         if self.rows == ROLLOUTS and bool(b.is_demo.any()):
             raise BatchError(f"Batch.is_demo: {name} trains on on-policy rollouts only and has no "
                              f"use for the {int(b.is_demo.sum())} demonstration row(s)")
@@ -189,7 +191,7 @@ class Estimator:
     def parts(self) -> dict:
         """The five parts (and extras) as readable strings, for tables and run records."""
         return {f.name: P.describe(getattr(self, f.name)) for f in fields(self)
-                if f.name not in ("source", "needs")}
+                if f.name not in ("source", "needs", "name")}
 
     def replace(self, **changes) -> "Estimator":
         return replace(self, **changes)
@@ -211,15 +213,16 @@ class Hybrid:
     entropy_coef: float = 0.0
     trainer: TrainerSteps = TrainerSteps()
     source: str = ""
+    name: str = "this estimator"
 
     @property
     def needs(self) -> tuple:
         return self.rl.needs + self.sft.needs
 
-    def check(self, b: Batch, name: str = "this estimator") -> None:
+    def check(self, b: Batch) -> None:
         for f in self.needs:
             if getattr(b, f) is None:
-                raise BatchError(f"Batch.{f} is required by {name} but was not given")
+                raise BatchError(f"Batch.{f} is required by {self.name} but was not given")
 
     def plan(self, b: Batch, all_reduce: Optional[Callable] = None, check: bool = True) -> Plan:
         if check:

@@ -18,7 +18,7 @@ OFFICIAL_HPT_NORMALISER = ConstantNormaliser(constant=8192 * 8, per_row=False)
 SFT = Estimator(NoClip(), Current(), Ones(), Plain(), TokenMean(), rows=DEMOS,
                 source="paper Table 1 row SFT, App. A Eq. 14–15 (token-mean NLL of the demonstration)")
 
-PRESETS: dict = {
+_TABLE: dict = {
     "sft": SFT,
     "reinforce": Estimator(
         NoClip(), Current(), Reward(), Plain(), SeqMeanTokenSum(),
@@ -76,6 +76,8 @@ PRESETS: dict = {
         source="paper §2.4 Eq. 10–12 as printed: std-normalised Â, PPO clip (ε unstated; 0.2), "
                "(1/n)Σ_iΣ_t, SFT (1/|τ*|)Σ_t"),
 }
+
+PRESETS: dict = {name: est.replace(name=name) for name, est in _TABLE.items()}
 
 
 def get(name: str):
