@@ -56,11 +56,11 @@ def passk_chart(curves: pd.DataFrame, title: str) -> alt.Chart:
 
 
 def sweep_chart(rows: pd.DataFrame, title: str, x_title: str, log_x: bool = True) -> alt.Chart:
-    """A probe metric vs a setting (G or staleness K), one line per estimator, CI error bars;
-    one panel per metric, each with its own y scale."""
+    """A probe metric vs a setting (G or staleness K), one line per ``series`` (estimator),
+    CI error bars; one panel per metric, each with its own y scale."""
     scale = alt.Scale(type="log", base=2) if log_x else alt.Scale()
     base = alt.Chart().encode(x=alt.X("x:Q", title=x_title, scale=scale),
-                              color=alt.Color("estimator:N"))
+                              color=alt.Color("series:N", title="estimator"))
     line = base.mark_line(point=True).encode(
         y=alt.Y("value:Q", title="value", scale=alt.Scale(zero=False)),
         tooltip=["estimator", "setting", "metric", alt.Tooltip("value:Q", format=".4g")])

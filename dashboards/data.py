@@ -162,8 +162,11 @@ def config_get(config: Mapping, *keys: str, default: Any = None) -> Any:
 
 
 def method_of(config: Mapping) -> str:
-    """The run's method (its preset name)."""
-    return str(config_get(config, "preset", "method", "estimator.name", default="?"))
+    """The run's method (its preset name; 'probe <name>' for a probe run)."""
+    method = config_get(config, "preset", "method", "estimator.name")
+    if method is None and config_get(config, "probe") is not None:
+        return f"probe {config_get(config, 'probe')}"
+    return str(method if method is not None else "?")
 
 
 def finetune_kind(config: Mapping) -> str:
@@ -400,11 +403,35 @@ def _number_or_text(text: str) -> Any:
     return int(number) if number.is_integer() else number
 
 
+def split_estimator(name: Any) -> tuple[str, dict[str, Any]]:
+    """'ppo[eps=0.2,K=4]' -> ('ppo', {'eps': 0.2, 'K': 4}); variant flags without '=' are kept
+    as {flag: True}."""
+    text = str(name)
+    base, sep, rest = text.partition("[")
+    if not sep or not rest.endswith("]"):
+        return text, {}
+    flags: dict[str, Any] = {}
+    for part in rest[:-1].split(","):
+        key, eq, value = part.partition("=")
+        flags[key.strip()] = _number_or_text(value.strip()) if eq else True
+    return base, flags
+
+
+def join_estimator(base: str, flags: Mapping[str, Any]) -> str:
+    """Inverse of :func:`split_estimator`."""
+    if not flags:
+        return base
+    inner = ",".join(k if v is True else f"{k}={v}" for k, v in flags.items())
+    return f"{base}[{inner}]"
+
+
 def with_setting_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Add one column per setting key (prefixed ``s:``), e.g. ``s:G``, ``s:K``."""
+    """Add one column per setting key (prefixed ``s:``, e.g. ``s:G``, ``s:K``), from the setting
+    string and from the estimator's variant flags (``ppo[eps=0.2,K=4]``)."""
     if df.empty:
         return df
-    parsed = pd.DataFrame([parse_setting(s) for s in df["setting"]], index=df.index)
+    parsed = pd.DataFrame([{**parse_setting(s), **split_estimator(e)[1]}
+                           for s, e in zip(df["setting"], df["estimator"])], index=df.index)
     parsed.columns = [f"s:{c}" for c in parsed.columns]
     return pd.concat([df, parsed], axis=1)
 
@@ -423,18 +450,37 @@ STALENESS_KEYS = ("K", "stale", "staleness")
 
 
 def sweep(probes: pd.DataFrame, key: str, metrics: Sequence[str]) -> pd.DataFrame:
-    """Rows varying along setting key ``key`` (e.g. G or K) for the chosen metrics, with the
-    key's value in column ``x`` and a CI from ``stderr`` (lo/hi, NaN-safe)."""
+    """Rows varying along setting key ``key`` (e.g. G or K) for the chosen metrics: the key's
+    value in column ``x``, the line it belongs to in ``series`` (the estimator without that
+    flag, e.g. 'ppo[eps=0.2]' for 'ppo[eps=0.2,K=4]'), and a CI from ``stderr`` (lo/hi)."""
     col = f"s:{key}"
     if probes.empty or col not in probes.columns:
-        return pd.DataFrame(columns=["run", "estimator", "setting", "metric", "x", "value",
-                                     "lo", "hi"])
+        return pd.DataFrame(columns=["run", "estimator", "series", "setting", "metric", "x",
+                                     "value", "lo", "hi"])
     rows = probes[probes["metric"].isin(metrics) & probes[col].notna()].copy()
     rows["x"] = pd.to_numeric(rows[col], errors="coerce")
     rows = rows.dropna(subset=["x", "value"])
+    rows["series"] = [_without_flag(e, key) for e in rows["estimator"]]
     se = pd.to_numeric(rows["stderr"], errors="coerce").fillna(0.0)
     rows["lo"], rows["hi"] = rows["value"] - 1.96 * se, rows["value"] + 1.96 * se
-    return rows.sort_values(["estimator", "metric", "x"]).reset_index(drop=True)
+    return rows.sort_values(["series", "metric", "x"]).reset_index(drop=True)
+
+
+def _without_flag(estimator: str, key: str) -> str:
+    base, flags = split_estimator(estimator)
+    return join_estimator(base, {k: v for k, v in flags.items() if k != key})
+
+
+def varying_settings(rows: pd.DataFrame, swept: str) -> list[str]:
+    """Setting columns other than ``swept`` that take several values for the same estimator,
+    metric and swept value (e.g. checkpoint base/mid): the ones a reader must hold fixed."""
+    col = f"s:{swept}"
+    if rows.empty or col not in rows.columns:
+        return []
+    keys = ["estimator", "metric", col]
+    others = [c for c in rows.columns if c.startswith("s:") and c != col]
+    return sorted(c for c in others
+                  if rows.groupby(keys, dropna=False)[c].nunique(dropna=True).max() > 1)
 
 
 def staleness_key(probes: pd.DataFrame) -> str | None:

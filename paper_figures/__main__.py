@@ -2,8 +2,7 @@
 
 Draws every figure and table it has runs for, and prints the command that produces each missing
 run. ``--run-missing`` first runs those commands (embedded-default experiments, by subprocess
-``python -m training.run <preset> ...`` with $UPGE_RUNS_DIR set to the runs directory), then
-draws everything.
+``python -m training.run <preset> ... --runs-dir <runs>``), then draws everything.
 """
 from __future__ import annotations
 
@@ -53,8 +52,8 @@ def run_experiments(reqs: Sequence[Requirement], runs: Path) -> list[int]:
     codes = []
     for req in reqs:
         print(f"$ {req.command}", flush=True)
-        codes.append(subprocess.run([sys.executable, "-m", "training.run", *req.argv()],
-                                    env=env, check=False).returncode)
+        argv = [sys.executable, "-m", "training.run", *req.argv(), "--runs-dir", str(runs)]
+        codes.append(subprocess.run(argv, env=env, check=False).returncode)
     return codes
 
 

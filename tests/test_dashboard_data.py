@@ -114,3 +114,21 @@ def test_app_modules_load_without_torch():
     code = ("import sys; import dashboards.views, dashboards.data, paper_figures; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_staleness_from_estimator_flags_as_probes_write_them():
+    """probes.variance names stale variants 'ppo[eps=0.2,K=4]' with K absent from the setting."""
+    assert data.split_estimator("ppo[eps=0.2,K=4]") == ("ppo", {"eps": 0.2, "K": 4})
+    assert data.split_estimator("hpt[γ=1,const]") == ("hpt", {"γ": 1, "const": True})
+    assert data.join_estimator("hpt", {"γ": 1, "const": True}) == "hpt[γ=1,const]"
+    rows = pd.DataFrame([{"probe": "variance", "estimator": f"ppo[eps={e},K={k}]",
+                          "setting": f"G=8,checkpoint={c}", "metric": "rel_bias",
+                          "value": e * k + (c == "mid"), "stderr": 0.01}
+                         for e in (0.05, 0.2) for k in (1, 4) for c in ("base", "mid")])
+    probes = data.with_setting_columns(rows)
+    assert data.staleness_key(probes) == "K"
+    assert data.varying_settings(probes, "K") == ["s:checkpoint"]   # base and mid per point
+    out = data.sweep(probes[probes["s:checkpoint"] == "base"], "K", ["rel_bias"])
+    assert sorted(out["series"].unique()) == ["ppo[eps=0.05]", "ppo[eps=0.2]"]
+    assert out.set_index(["series", "x"])["value"][("ppo[eps=0.2]", 4)] == pytest.approx(0.8)
+    assert out["hi"].sub(out["value"]).tolist() == pytest.approx([1.96 * 0.01] * 4)

@@ -188,18 +188,19 @@ def test_run_missing_shells_out_to_the_training_cli(tmp_path, monkeypatch, capsy
     calls = []
 
     def fake_run(argv, env, check):
-        calls.append((argv[1:], env[cli.ENV_RUNS_DIR]))
-        spec = fx.RunSpec(f"run{len(calls)}", argv[3],
-                          gate_gamma=int(argv[5]) if "--gate-gamma" in argv else 0, steps=3)
-        fx.write_run(Path(env[cli.ENV_RUNS_DIR]), spec)
+        calls.append(argv[1:])
+        gamma = int(argv[argv.index("--gate-gamma") + 1]) if "--gate-gamma" in argv else 0
+        spec = fx.RunSpec(f"run{len(calls)}", argv[3], gate_gamma=gamma, steps=3)
+        fx.write_run(Path(argv[argv.index("--runs-dir") + 1]), spec)
         return type("Done", (), {"returncode": 0})()
     monkeypatch.setattr(cli.subprocess, "run", fake_run)
     runs = tmp_path / "runs"
     cli.main(["--runs", str(runs), "--out", str(tmp_path / "fig"), "--only",
               "fig8_gate_ablation", "--run-missing"])
-    assert calls == [(["-m", "training.run", "hpt"], str(runs)),
-                     (["-m", "training.run", "hpt", "--gate-gamma", "1"], str(runs)),
-                     (["-m", "training.run", "hpt", "--gate-gamma", "2"], str(runs))]
+    to = ["--runs-dir", str(runs)]
+    assert calls == [["-m", "training.run", "hpt", *to],
+                     ["-m", "training.run", "hpt", "--gate-gamma", "1", *to],
+                     ["-m", "training.run", "hpt", "--gate-gamma", "2", *to]]
     out = capsys.readouterr().out
     assert "about 15 min" in out and "run(s) missing" not in out
     assert (tmp_path / "fig" / "fig8_gate_ablation.pdf").exists()

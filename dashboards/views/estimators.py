@@ -12,12 +12,12 @@ BIAS_METRICS = ("rel_bias", "cos", "dir_err", "scale")
 
 
 def fix_other_settings(rows: pd.DataFrame, swept: str, key: str) -> pd.DataFrame:
-    """Hold every setting other than the swept one fixed at a value the user picks."""
-    for col in sorted(c for c in rows.columns if c.startswith("s:") and c != f"s:{swept}"):
+    """Hold fixed, at a value the user picks, each setting that varies besides the swept one
+    for the same estimator (so every line is one curve)."""
+    for col in data.varying_settings(rows, swept):
         values = sorted(rows[col].dropna().unique(), key=str)
-        if len(values) > 1:
-            choice = st.selectbox(col[2:], values, key=f"{key}_{col}")
-            rows = rows[rows[col] == choice]
+        choice = st.selectbox(f"{col[2:]} (for the {swept} sweep)", values, key=f"{key}_{col}")
+        rows = rows[rows[col] == choice]
     return rows
 
 
