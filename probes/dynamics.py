@@ -109,6 +109,11 @@ def _mean_se(v: list) -> tuple[float, float]:
     return float(t.mean()), float(t.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
+def _nanmean(v: list) -> float:
+    v = [x for x in v if not math.isnan(x)]
+    return sum(v) / len(v) if v else float("nan")
+
+
 def summarise(base: dict, runs: dict) -> dict:
     """Final-step means ± SE over seeds, and the qualitative claims as seen / not seen."""
     summary = {}
@@ -123,6 +128,8 @@ def summarise(base: dict, runs: dict) -> dict:
         row["p_final"] = ps.mean(0).tolist()
         row["entropy"] = _mean_se([s["entropy"] for s in last])
         row["gate"] = _mean_se([s["gate"] for s in last])
+        row["gate_avg"] = _mean_se([_nanmean([x["gate"] for x in s]) for s in seeds])
+        row["all_equal_avg"] = _mean_se([_nanmean([x["all_equal"] for x in s]) for s in seeds])
         row["all_equal"] = _mean_se([s["all_equal"] for s in last])
         summary[name] = row
     return summary
@@ -153,7 +160,7 @@ def format_report(base: dict, summary: dict, lines: list, cfg: dict) -> str:
            f"base: train pass@1 {base['train'][0]:.4f}, pass@1024 {base['train'][-1]:.4f}; "
            f"held-out pass@1 {base['heldout'][0]:.4f}, pass@1024 {base['heldout'][-1]:.4f}", ""]
     cols = ["train pass@1", "train pass@1024", "heldout pass@1", "heldout pass@1024", "solved", "entropy",
-            "gate", "all_equal"]
+            "gate_avg", "all_equal_avg"]
     w = max(len(n) for n in summary) + 2
     out.append("estimator".ljust(w) + "".join(f"{c:>20}" for c in cols))
     for n, s in summary.items():
