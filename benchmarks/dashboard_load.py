@@ -87,7 +87,8 @@ def training_charts(ctx: state.Context) -> int:
 
 def prompts_page(ctx: state.Context) -> int:
     """Samples of one run -> binned per-prompt accuracy -> heatmap."""
-    run = next(r for r in ctx.training_runs if (ctx.paths[r] / records.SAMPLES).exists())
+    run = next(r for r in ctx.training_runs
+               if (ctx.paths[r] / records.SAMPLES).exists())
     acc = data.bin_steps(data.rollout_accuracy(ctx.samples(run)), 60)
     to_spec(charts.heatmap(acc, run))
     return len(acc)
@@ -107,7 +108,8 @@ def main(argv=None) -> None:
         reuse = args.keep is not None and any(root.glob("run*"))
         t_build, _ = (0.0, None) if reuse else timed(build, root, args.runs, args.steps)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2 ** 20
-        print(f"{'reused' if reuse else 'built'} {args.runs} runs × {args.steps} steps ({size:.0f} MiB) in {t_build:.1f} s")
+        print(f"{'reused' if reuse else 'built'} {args.runs} runs × {args.steps} steps "
+              f"({size:.0f} MiB) in {t_build:.1f} s")
         t_naive, _ = timed(naive_parse, root)
         t_cold, ctx = timed(state.load_context, root)
         t_warm, ctx = timed(state.load_context, root)

@@ -11,11 +11,13 @@ from matplotlib.patches import FancyBboxPatch
 from paper_figures.common import FigureResult, RunIndex, save, script_main
 
 NAME = "fig1_upge"
-FORMULA = r"$\mathrm{grad}_{Uni} = \mathbb{1}_{stable}\;\frac{1}{\pi_{ref}}\;\hat{A}\;\nabla\pi_\theta$"
+FORMULA = (r"$\mathrm{grad}_{Uni} = \mathbb{1}_{stable}\;\frac{1}{\pi_{ref}}\;\hat{A}\;"
+           r"\nabla\pi_\theta$")
 PARTS = (  # (panel title, symbol, items, panel centre)
     ("Stabilization Mask", r"$\mathbb{1}_{stable}$",
      ("π_θ, π_ref, Â → Clip → Diff", "none (SFT, REINFORCE, LUFFY, SRFT)",
-      "PPO / GRPO clip · DAPO clip-higher", "CISPO CIS mask · GSPO sequence clip"), (0.25, 0.75)),
+      "PPO / GRPO clip · DAPO clip-higher", "CISPO CIS mask · GSPO sequence clip"),
+     (0.25, 0.75)),
     ("Reference Policy", r"$\frac{1}{\pi_{ref}}$",
      ("Algorithms {SFT, …, PPO} → π_ref", "π_ref ∈ {π_θold, …, π_θ, ≡1}",
       "Data source: Online Rollout / Offline Demo"), (0.75, 0.75)),
@@ -23,7 +25,8 @@ PARTS = (  # (panel title, symbol, items, panel centre)
      ("τ_1 … τ_M (rollouts), τ* (demo)", "→ Â_1 … Â_{M+1}",
       "≡1 (SFT) · ±1 · r − mean · (r − mean)/std"), (0.25, 0.25)),
     ("Likelihood Gradient", r"$\nabla\pi_\theta$",
-     ("q → network → τ_t", "π_θ(τ_t | q, τ_<t)", "same for every algorithm"), (0.75, 0.25)),
+     ("q → network → τ_t", "π_θ(τ_t | q, τ_<t)", "same for every algorithm"),
+     (0.75, 0.25)),
 )
 
 
