@@ -89,21 +89,22 @@ def rendered(dom: str) -> bool:
     return "Runs shown" in dom and "vega-embed" in dom
 
 
-def dump_rendered(url: str, tmp: Path, attempts: int = 6) -> str:
+def dump_rendered(url: str, tmp: Path, attempts: int = 12) -> str:
     """The DOM once the page has rendered. The first load after the server starts shows only
-    the skeleton (and a loaded machine may need a few more): load again until it renders."""
+    the skeleton (and a busy machine may need several more): load again until it renders."""
     dom = ""
     for i in range(attempts):
         dom = chromium(url, tmp / f"profile-dom{i}", "--dump-dom")
         if i > 0 and rendered(dom):
             break
+        time.sleep(2)
     return dom
 
 
 MIN_SCREENSHOT_BYTES = 40_000  # the grey loading skeleton alone is ~8 kB
 
 
-def screenshot(url: str, tmp: Path, path: Path, attempts: int = 4) -> Path:
+def screenshot(url: str, tmp: Path, path: Path, attempts: int = 8) -> Path:
     """A screenshot of the rendered page (retaken while it still shows the skeleton)."""
     path.parent.mkdir(exist_ok=True)
     for i in range(attempts):
