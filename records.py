@@ -46,7 +46,6 @@ Metric names (namespaced; defined here once and used everywhere):
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -126,11 +125,10 @@ class RecordError(ValueError):
 
 
 def _jsonable(value: Any) -> Any:
-    """Convert numpy/torch scalars and non-finite floats to JSON-safe values."""
+    """Convert numpy/torch scalars, tuples and paths to plain JSON values. Non-finite floats are
+    written as JSON's common extension ``NaN`` / ``Infinity``, which Python and pandas read back."""
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -228,18 +226,6 @@ class Notes:
         return bool(self.items)
 
 
-def _restore_floats(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _restore_floats(v) for k, v in obj.items()}
-    if obj is None:
-        return float("nan")
-    if obj == "inf":
-        return float("inf")
-    if obj == "-inf":
-        return float("-inf")
-    return obj
-
-
 def iter_jsonl(path: Path, notes: Notes | None = None) -> Iterator[dict]:
     """Yield the JSON objects of a jsonl file, skipping (and noting) malformed lines."""
     path = Path(path)
@@ -260,7 +246,7 @@ def iter_jsonl(path: Path, notes: Notes | None = None) -> Iterator[dict]:
                 if notes is not None:
                     notes.add(f"{path}: line {lineno} is not a JSON object; skipped")
                 continue
-            yield _restore_floats(obj)
+            yield obj
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], Notes]:
