@@ -1,0 +1,176 @@
+"""Batch-level steps of the methods (`estimators.TrainerSteps`), as small functions the trainer
+picks once at construction time:
+
+=======================  ======================================================================
+TrainerSteps flag        what the trainer does (function here)
+=======================  ======================================================================
+(rows = demos, SFT)      one demonstration row per prompt, no sampling (`demos_only`)
+(none)                   n on-policy rollouts per prompt (`rollouts_only`)
+``demo_in_group``        n−1 rollouts + the prompt's demonstration in one group (`demo_in_group`)
+``gated_demos``          n rollouts + the demonstration, same group id; the Hybrid's gate
+                         weights them (α on rollouts, β on the demo) (`gated_demos`)
+``dynamic_sampling``     drop groups whose rewards are all equal, refill (`drop_all_equal`)
+``overlong_buffer``      DAPO Eq. 13 soft length penalty on rollouts (`overlong_penalty`)
+``value_head``           a critic head gives ``Batch.values`` (see `training.policy.ValueHead`)
+=======================  ======================================================================
+
+A `Row` is one sequence of the step; `to_batch` turns rows plus scored tensors into an
+`estimators.Batch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
+
+import torch
+
+from estimators import DEMOS, Batch, TrainerSteps
+
+# DAPO (arXiv 2503.14476 §3.4): L_max = 20480 generated tokens with an overlong buffer
+# L_cache = 4096; a run with a different max length keeps the same ratio.
+DAPO_MAX_RESPONSE = 20480
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sequence: its prompt/response token ids, reward, verdict and provenance."""
+
+    prompt_ids: tuple
+    response_ids: tuple
+    reward: float
+    correct: bool
+    group: int
+    is_demo: bool
+    sample_idx: int
+    example: object
+    clipped: bool = False  # hit max_new_tokens without an eos (or a truncated demo)
+
+    @property
+    def source(self) -> str:
+        return "demo" if self.is_demo else "rollout"
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a group builder asks the sampler for: ``rollouts`` per prompt and whether to add
+    the prompt's demonstration to its group."""
+
+    rollouts: int
+    demo: bool
+
+
+def demos_only(n: int) -> Need:
+    return Need(0, True)
+
+
+def rollouts_only(n: int) -> Need:
+    return Need(n, False)
+
+
+def demo_in_group(n: int) -> Need:
+    return Need(n - 1, True)
+
+
+def gated_demos(n: int) -> Need:
+    return Need(n, True)
+
+
+def group_layout(est, n: int) -> Need:
+    """The rows per prompt this estimator needs (read from its TrainerSteps / rows)."""
+    t: TrainerSteps = est.trainer
+    builder = (demos_only if getattr(est, "rows", None) == DEMOS else
+               demo_in_group if t.demo_in_group else
+               gated_demos if t.gated_demos else rollouts_only)
+    return builder(n)
+
+
+# ---------------------------------------------------------------------------- reward shaping
+
+def overlong_penalty(length: int, max_len: int, buffer: int, penalty: float) -> float:
+    """DAPO Eq. 13: 0 up to L_max − L_cache, then linear down to −penalty at L_max, −penalty
+    beyond (L = response length, L_max = ``max_len``, L_cache = ``buffer``)."""
+    start = max_len - buffer
+    if length <= start:
+        return 0.0
+    if length <= max_len:
+        return -penalty * (length - start) / buffer
+    return -penalty
+
+
+def scaled_buffer(buffer: int, max_new_tokens: int) -> int:
+    """DAPO's L_cache scaled to this run's max length (same L_cache / L_max ratio)."""
+    return max(1, round(buffer * max_new_tokens / DAPO_MAX_RESPONSE)) if buffer else 0
+
+
+def shape_overlong(rows: list[Row], max_len: int, buffer: int, penalty: float) -> list[Row]:
+    """Add the overlong penalty to every rollout's reward (demos are not shaped). The length
+    counted is the response without its eos token."""
+    if not buffer:
+        return rows
+    return [r if r.is_demo else
+            replace(r, reward=r.reward + overlong_penalty(_length(r), max_len, buffer, penalty))
+            for r in rows]
+
+
+def _length(r: Row) -> int:
+    return len(r.response_ids) - (0 if r.clipped else 1)
+
+
+# --------------------------------------------------------------------------- group filtering
+
+def keep_all(rows: list[Row]) -> list[Row]:
+    return rows
+
+
+def drop_all_equal(rows: list[Row]) -> list[Row]:
+    """DAPO dynamic sampling (Eq. 11 constraint 0 < |{correct}| < G): drop every group whose
+    rollout rewards are all equal (no learning signal)."""
+    bad = {g for g in groups_of(rows) if _all_equal([r.reward for r in rows if r.group == g and not r.is_demo])}
+    return [r for r in rows if r.group not in bad]
+
+
+def _all_equal(xs: list[float]) -> bool:
+    return len(xs) > 0 and max(xs) - min(xs) < 1e-12
+
+
+def all_equal_fraction(rows: list[Row]) -> float:
+    gs = groups_of(rows)
+    eq = [_all_equal([r.reward for r in rows if r.group == g and not r.is_demo]) for g in gs]
+    return sum(eq) / len(eq) if eq else 0.0
+
+
+def groups_of(rows: list[Row]) -> list[int]:
+    """Group ids in order of first appearance."""
+    return list(dict.fromkeys(r.group for r in rows))
+
+
+def group_filter(t: TrainerSteps) -> Callable[[list[Row]], list[Row]]:
+    return drop_all_equal if t.dynamic_sampling else keep_all
+
+
+# ---------------------------------------------------------------------------------- batches
+
+def to_batch(rows: list[Row], logp, mask, values: Optional[torch.Tensor] = None,
+             logp_ref: Optional[torch.Tensor] = None) -> Batch:
+    """The estimator's Batch for ``rows`` (``logp`` also serves as π_θold: no-grad forward)."""
+    return Batch(logp=logp, mask=mask,
+                 reward=torch.tensor([r.reward for r in rows], dtype=logp.dtype),
+                 group=torch.tensor([r.group for r in rows], dtype=torch.long),
+                 is_demo=torch.tensor([r.is_demo for r in rows], dtype=torch.bool),
+                 logp_old=logp.detach(), values=values, logp_ref=logp_ref)
+
+
+def minibatches(rows: list[Row], k: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Row indices of ``k`` mini-batches made of whole groups (shuffled with ``generator``)."""
+    gs = groups_of(rows)
+    order = [gs[i] for i in torch.randperm(len(gs), generator=generator).tolist()] if k > 1 else gs
+    k = max(1, min(k, len(gs)))
+    out = []
+    for part in range(k):
+        chosen = set(order[part::k])
+        out.append(torch.tensor([i for i, r in enumerate(rows) if r.group in chosen], dtype=torch.long))
+    return out
+
+
+def chunks(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
+    return [idx[i:i + size] for i in range(0, len(idx), size)] if len(idx) else []

@@ -1,0 +1,106 @@
+"""Checkpoints in the ecosystem's formats, plus the trainer state needed for an exact resume.
+
+    runs/<id>/checkpoints/step-000040/
+        model/              save_pretrained: safetensors weights + config (full-parameter),
+                            or a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)
+        tokenizer files     (save_pretrained)
+        value_head.safetensors   PPO critic (when used)
+        trainer_state.pt    step, data cursor, optimizer, scheduler, every RNG state
+
+``AutoModelForCausalLM.from_pretrained(ckpt/"model")`` (full) or
+``PeftModel.from_pretrained(base, ckpt/"model")`` (LoRA) load the weights with no project code.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+import records
+
+STATE = "trainer_state.pt"
+PREFIX = "step-"
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def save(run_dir, step: int, model, tok, value_head, optimizer, scheduler, cursor: dict,
+         keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically (temp dir + rename) and prune old ones."""
+    root = Path(run_dir) / records.CHECKPOINTS
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    if value_head is not None:
+        save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
+    torch.save({"step": step, "cursor": cursor, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / STATE)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in all_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def all_checkpoints(run_dir) -> list[Path]:
+    root = Path(run_dir) / records.CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob(f"{PREFIX}*") if (p / STATE).exists())
+
+
+def latest(run_dir) -> Optional[Path]:
+    ckpts = all_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_weights(model, ckpt: Path) -> None:
+    """Load checkpoint weights into an already built model (full or LoRA)."""
+    mdir = Path(ckpt) / "model"
+    if is_lora(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(mdir / "adapter_model.safetensors")))
+        return
+    state = {}
+    for f in sorted(mdir.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    bad = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if bad or unexpected:
+        raise RuntimeError(f"{mdir}: checkpoint does not match the model "
+                           f"(missing {bad[:5]}, unexpected {unexpected[:5]})")
+
+
+def restore(ckpt: Path, model, value_head, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG states; returns {step, cursor}."""
+    load_weights(model, ckpt)
+    if value_head is not None:
+        value_head.load_state_dict(load_file(str(Path(ckpt) / "value_head.safetensors")))
+    state = torch.load(Path(ckpt) / STATE, weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return {"step": state["step"], "cursor": state["cursor"]}

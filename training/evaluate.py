@@ -1,0 +1,91 @@
+"""Held-out evaluation: avg@k and unbiased pass@k per level and overall.
+
+pass@k (Chen et al. 2021, arXiv 2107.03374) from n samples with c correct, in the numerically
+stable product form  pass@k = 1 − Π_{i=n−c+1..n} (1 − k/i)  (= 1 − C(n−c, k)/C(n, k)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import records
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples with ``c`` correct (requires 1 ≤ k ≤ n)."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass_at_k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def ks_up_to(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, plus n itself."""
+    ks = [2 ** i for i in range(int(math.log2(n)) + 1)] if n >= 1 else []
+    return ks + ([n] if n not in ks else [])
+
+
+def _stderr(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return float("nan")
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
+@dataclass
+class EvalResult:
+    """Per problem: level and list of 0/1 verdicts over its k samples."""
+
+    levels: list
+    correct: list
+
+    def rows(self, step: int, benchmark: str = "arith") -> list[dict]:
+        """Tidy rows (records.EVAL_FIELDS): avg@k and pass@k per level and for 'all'."""
+        out = []
+        groups = {"all": list(range(len(self.levels)))}
+        for i, lv in enumerate(self.levels):
+            groups.setdefault(str(lv), []).append(i)
+        n = len(self.correct[0]) if self.correct else 0
+        for level, idx in groups.items():
+            avg = [sum(self.correct[i]) / n for i in idx]
+            out.append(_row(step, benchmark, level, "avg@k", n, avg))
+            for k in ks_up_to(n):
+                pk = [pass_at_k(n, int(sum(self.correct[i])), k) for i in idx]
+                out.append(_row(step, benchmark, level, "pass@k", k, pk))
+        return out
+
+    def metrics(self) -> dict:
+        """records metric keys: eval/accuracy, eval/accuracy/<level>, eval/pass@k (overall)."""
+        out = {}
+        for r in self.rows(0):
+            if r["metric"] == "avg@k":
+                key = records.EVAL_ACCURACY if r["level"] == "all" else records.eval_accuracy_key(r["level"])
+                out[key] = r["value"]
+            elif r["level"] == "all":
+                out[records.eval_passk_key(r["k"])] = r["value"]
+        return out
+
+
+def _row(step, benchmark, level, metric, k, values) -> dict:
+    return {"step": step, "benchmark": benchmark, "level": level, "metric": metric, "k": k,
+            "value": sum(values) / len(values), "stderr": _stderr(values), "n": len(values)}
+
+
+def evaluate(sampler, tok, problems: list, reward_fn, k: int, temperature: float, top_p: float,
+             max_new_tokens: int, seed: int, prompt_fn) -> tuple[EvalResult, list[dict]]:
+    """Sample ``k`` completions per problem and score them; returns the result and one
+    generation row per sample (for ``eval/<benchmark>.jsonl``)."""
+    prompts = [prompt_fn(p) for p in problems]
+    comps = sampler.generate(prompts, k, temperature, top_p, max_new_tokens, seed)
+    texts = [[tok.decode(c, skip_special_tokens=True) for c in cs] for cs in comps]
+    flat = [t for ts in texts for t in ts]
+    truths = [str(p.answer) for p in problems for _ in range(k)]
+    scores = reward_fn(flat, truths)
+    correct = [[s >= 0.5 for s in scores[i * k:(i + 1) * k]] for i in range(len(problems))]
+    gens = [{"prompt_id": i, "sample_idx": j, "level": p.level, "completion": texts[i][j],
+             "correct": correct[i][j]} for i, p in enumerate(problems) for j in range(k)]
+    return EvalResult([p.level for p in problems], correct), gens

@@ -1,0 +1,586 @@
+"""``python -m training.run PRESET [--field value ...]``: post-train with one estimator preset.
+
+With no other flag it runs the embedded default: the tiny base model (built and cached on first
+use) on the built-in arithmetic task, on a CPU, in minutes. The loop, top to bottom::
+
+    for step:  sample → score → build groups (TrainerSteps) → Batch → plan once per optimizer
+               step → micro-batches → backward → clip/skip → optimizer step → log → eval → save
+
+Every method-specific choice (rows per group, dynamic sampling, overlong shaping, critic, KL,
+two stages) is an object picked in `build`; the loop never asks which preset it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import estimators  # noqa: E402
+import records  # noqa: E402
+from estimators import Hybrid  # noqa: E402
+from estimators.parts import ConstantNormaliser, KLPenalty, Switch  # noqa: E402
+
+from . import base, batching, checkpoint, data, evaluate, task  # noqa: E402
+from .batching import Row  # noqa: E402
+from .config import TWO_STAGE, RunConfig, parse_args  # noqa: E402
+from .policy import Packed, Reference, ValueHead, load_model, load_tokenizer, pack, score  # noqa: E402
+from .reward import BoxedReward  # noqa: E402
+from .sampler import HFSampler  # noqa: E402
+
+OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
+DEMOS_TRUNCATED = "data/demos_truncated"  # count of demonstrations cut to max_new_tokens
+ROLLOUT_SAMPLES = "rollout/samples"       # sequences generated this step (sample budget)
+TRAIN_STOPPED_BAD = "train/nonfinite_loss"  # 1 when the step's loss was not finite
+
+
+class RunStopped(RuntimeError):
+    """The run stopped early (e.g. consecutive non-finite losses); records are kept."""
+
+
+# =============================================================================== construction
+
+def scale_constants(est, max_new_tokens: int):
+    """Replace every `ConstantNormaliser`'s generation budget C with this run's: per-row
+    (Dr. GRPO) C = max_new_tokens; pooled (official HPT/LUFFY, C = 8192·8) C = max_new_tokens·8."""
+    changes = {}
+    for f in dataclasses.fields(est):
+        v = getattr(est, f.name)
+        if isinstance(v, ConstantNormaliser):
+            c = max_new_tokens * (1 if v.per_row else OFFICIAL_RANKS)
+            changes[f.name] = dataclasses.replace(v, constant=float(c))
+        elif isinstance(v, (estimators.Estimator, Hybrid)):
+            changes[f.name] = scale_constants(v, max_new_tokens)
+    return dataclasses.replace(est, **changes) if changes else est
+
+
+def with_options(est, cfg: RunConfig):
+    """Apply the run's overrides: entropy bonus, KL to the initial policy, gate γ."""
+    if cfg.entropy_coef is not None:
+        est = est.replace(entropy_coef=cfg.entropy_coef)
+    if cfg.kl_coef > 0:
+        kl = KLPenalty(coef=cfg.kl_coef, kind="k3")
+        est = est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
+    if cfg.gate_gamma is not None and isinstance(getattr(est, "gate", None), Switch):
+        est = est.replace(gate=dataclasses.replace(est.gate, gamma=cfg.gate_gamma))
+    return est
+
+
+def uses_entropy(est) -> bool:
+    return bool(est.entropy_coef) or any(uses_entropy(getattr(est, n)) for n in ("rl", "sft")
+                                         if hasattr(est, n))
+
+
+@dataclass
+class Stage:
+    """One estimator and the batch-level steps it needs, for steps [first, last]."""
+
+    name: str
+    est: object
+    first: int
+    last: int
+    need: batching.Need
+    shape: Callable[[list[Row]], list[Row]]
+    keep: Callable[[list[Row]], list[Row]]
+    refill_rounds: int
+    epochs: int
+    critic: bool
+    entropy: bool
+
+
+def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
+    est = with_options(scale_constants(estimators.get(name), cfg.max_new_tokens), cfg)
+    t = est.trainer
+    buffer = batching.scaled_buffer(t.overlong_buffer, cfg.max_new_tokens)
+    return Stage(
+        name, est, first, last, batching.group_layout(est, cfg.n),
+        shape=lambda rows: batching.shape_overlong(rows, cfg.max_new_tokens, buffer, t.overlong_penalty),
+        keep=batching.group_filter(t),
+        refill_rounds=cfg.dynamic_sampling_rounds if t.dynamic_sampling else 0,
+        epochs=cfg.epochs if cfg.epochs is not None else t.epochs,
+        critic=t.value_head, entropy=uses_entropy(est))
+
+
+def make_stages(cfg: RunConfig) -> list[Stage]:
+    """One stage per preset; a two-stage name (``sft_then_grpo``) splits the steps."""
+    names = TWO_STAGE.get(cfg.preset, (cfg.preset,))
+    if len(names) == 1:
+        return [make_stage(names[0], cfg, 1, cfg.steps)]
+    split = max(1, min(cfg.steps - 1, round(cfg.steps * cfg.stage_split)))
+    return [make_stage(names[0], cfg, 1, split), make_stage(names[1], cfg, split + 1, cfg.steps)]
+
+
+class NoReference:
+    """Null object: no KL term, so no reference log-probs."""
+
+    def logp(self, packed: Packed):
+        return None
+
+
+class Timers(defaultdict):
+    """Wall time per phase (seconds)."""
+
+    def __init__(self):
+        super().__init__(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.time()
+        yield
+        self[phase] += time.time() - t0
+
+
+@dataclass
+class Trainer:
+    cfg: RunConfig
+    run_dir: Path
+    writer: records.RunWriter
+    model: object
+    tok: object
+    critic: Optional[ValueHead]
+    reference: object
+    sampler: object
+    reward_fn: Callable
+    stages: list
+    stream: object
+    eval_examples: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    timers: Timers
+    step: int = 0
+    bad_in_row: int = 0
+    demos_truncated: int = 0
+    stats: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------------- the loop
+    def train(self) -> dict:
+        """Run from ``self.step`` to ``cfg.steps``; returns the last metrics row."""
+        cfg = self.cfg
+        self.writer.set_status("running", self.step)
+        if self.step == 0:
+            self.evaluate(0)
+        bar = _progress(cfg, self.step)
+        last = {}
+        for step in range(self.step + 1, cfg.steps + 1):
+            t0 = time.time()
+            stage = self.stage_at(step)
+            rows, generated, m = self.collect(stage, step)   # sample → score → groups
+            gates = {}                                       # group → "sft" | "rl" (HPT gate)
+            m.update(self.update(stage, rows, step, gates))  # Batch → plan → micro-batches → step
+            self.log_samples(step, generated, rows, gates)
+            m[records.STEP_SECONDS] = time.time() - t0
+            self.step = step
+            if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
+                m.update(self.evaluate(step, log=False))
+            self.writer.log_metrics(step, m)
+            last = m
+            self.stop_if_diverged(step)
+            if cfg.save_every and step % cfg.save_every == 0 or step == cfg.steps:
+                self.save(step)
+            bar.update(1)
+            bar.set_postfix(_postfix(m))
+        bar.close()
+        self.writer.set_status("finished", self.step, "done")
+        return last
+
+    def stage_at(self, step: int) -> Stage:
+        return next(s for s in self.stages if s.first <= step <= s.last)
+
+    # ------------------------------------------------------------------- sample and score
+    def collect(self, stage: Stage, step: int) -> tuple[list[Row], list[Row], dict]:
+        """(rows to train, every generated row, metrics): groups sampled and scored; with
+        dynamic sampling, groups are dropped and refilled."""
+        P = self.cfg.prompts_per_step
+        kept, generated, timeouts0 = [], [], getattr(self.reward_fn, "timeouts", 0)
+        for rnd in range(1 + stage.refill_rounds):
+            missing = P - len(batching.groups_of(kept))
+            if missing <= 0:
+                break
+            new = stage.shape(self.sample_groups(stage, self.stream.take(missing), step, rnd,
+                                                 offset=rnd * P))
+            generated += new
+            kept += stage.keep(new)
+        kept = _first_groups(kept, P)
+        m = _rollout_metrics(generated, self.cfg.max_new_tokens)
+        m[records.ROLLOUT_VERIFIER_TIMEOUTS] = getattr(self.reward_fn, "timeouts", 0) - timeouts0
+        m[DEMOS_TRUNCATED] = self.demos_truncated
+        return kept, generated, m
+
+    def sample_groups(self, stage: Stage, examples: list, step: int, rnd: int, offset: int) -> list[Row]:
+        need = stage.need
+        prompts = [base.prompt_ids(self.tok, list(e.messages)) for e in examples]
+        with self.timers("sample"):
+            comps = (self.sampler.generate(prompts, need.rollouts, self.cfg.temperature,
+                                           self.cfg.top_p, self.cfg.max_new_tokens,
+                                           _seed(self.cfg.seed, step, rnd))
+                     if need.rollouts else [[] for _ in examples])
+        raw = []
+        for g, (e, p, cs) in enumerate(zip(examples, prompts, comps)):
+            raw += [(e, p, c, False, j, g + offset) for j, c in enumerate(cs)]
+            if need.demo:
+                raw.append((e, p, self.demo_ids(e), True, len(cs), g + offset))
+        with self.timers("score"):
+            texts = [self.tok.decode(c, skip_special_tokens=True) for _, _, c, _, _, _ in raw]
+            rewards = self.reward_fn(texts, [e.answer for e, *_ in raw])
+        eos = self.tok.eos_token_id
+        return [Row(tuple(p), tuple(c), float(r), r >= 0.5, g, demo, j, e,
+                    clipped=bool(c) and c[-1] != eos)
+                for (e, p, c, demo, j, g), r in zip(raw, rewards)]
+
+    def demo_ids(self, e: data.Example) -> list[int]:
+        ids = self.tok(e.demo, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+        if len(ids) > self.cfg.max_new_tokens:
+            self.demos_truncated += 1
+            ids = ids[:self.cfg.max_new_tokens]
+        return ids
+
+    # ------------------------------------------------------------------------- optimise
+    def update(self, stage: Stage, rows: list[Row], step: int, gates: dict) -> dict:
+        """Old log-probs/values → Batch → per mini-batch: plan once, micro-batches, one
+        optimizer step. Returns train/grad metrics; fills ``gates`` (group → "sft"/"rl")."""
+        m = defaultdict(float)
+        if not rows:
+            m[records.TRAIN_SKIPPED] = 1.0
+            return dict(m)
+        with self.timers("train"):
+            packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows],
+                          self.tok.pad_token_id)
+            old = self.score_no_grad(packed, stage.critic)
+            if not bool(torch.isfinite(old.logp).all()):
+                return self.skip_nonfinite(m, "log-probs of the batch are not finite")
+            full = batching.to_batch(rows, old.logp, packed.mask, old.values,
+                                     self.reference.logp(packed))
+            gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
+            m[records.TRAIN_ENTROPY] = float((old.entropy * packed.mask).sum() / packed.mask.sum())
+            for epoch in range(stage.epochs):
+                for mb in batching.minibatches(rows, self.cfg.mini_batches, gen):
+                    if not self.optimise(stage, packed, full, mb, m, gates):
+                        return self.skip_nonfinite(m, "the loss is not finite")
+            self.scheduler.step()
+        self.bad_in_row = 0
+        m[records.TRAIN_LR] = self.scheduler.get_last_lr()[0]
+        m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in gates.values()) / max(1, len(gates))
+        return dict(m)
+
+    def optimise(self, stage: Stage, packed: Packed, full, mb: torch.Tensor, m: dict,
+                 gates: dict) -> bool:
+        """One optimizer step on mini-batch ``mb``: plan on it once, then accumulate gradients
+        over micro-batches. Returns False on a non-finite loss (gradients discarded)."""
+        sub = full.select(mb)
+        plan = stage.est.plan(sub)
+        trained = _trained_rows(plan)
+        returns = stage.est.advantage.advantages_and_returns(sub)[1] if stage.critic else None
+        n_tok = (sub.mask[trained].sum()).clamp_min(1)
+        _gate_metrics(sub, trained, m)
+        gates.update({d["group"]: "sft" if d["beta"] > 0 and d["alpha"] == 0 else "rl" for d in plan.gate})
+        for micro in batching.chunks(trained, self.cfg.micro_batch):
+            rows_idx = mb[micro]
+            part = _select_packed(packed, rows_idx)
+            s = score(self.model, part, self.critic if stage.critic else None)
+            T = sub.mask.shape[1]
+            b = sub.select(micro).replace(
+                logp=F.pad(s.logp, (0, T - s.logp.shape[1])),
+                entropy=F.pad(s.entropy, (0, T - s.entropy.shape[1])) if stage.entropy else None)
+            out = stage.est(b, plan.select(micro))
+            loss = out.loss
+            if stage.critic:
+                v = F.pad(s.values, (0, T - s.values.shape[1]))
+                vloss = 0.5 * (((v - returns[micro]) ** 2) * b.mask).sum() / n_tok
+                loss = loss + self.cfg.value_coef * vloss
+                m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
+            if not bool(torch.isfinite(loss)):
+                self.optimizer.zero_grad(set_to_none=True)
+                return False
+            loss.backward()
+            m[records.TRAIN_LOSS] += loss.item()
+            kl = out.stats.get("kl", out.stats.get("rl/kl"))
+            if kl is not None:
+                m[records.TRAIN_KL] = kl
+        norm, skipped = self.optimizer_step()
+        m[records.GRAD_NORM] = norm
+        m[records.TRAIN_SKIPPED] = max(m[records.TRAIN_SKIPPED], float(skipped))
+        return True
+
+    def optimizer_step(self) -> tuple[float, bool]:
+        """Clip the gradient norm; skip the step when it is not finite or > max_grad_norm."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        skipped = not math.isfinite(norm) or norm > self.cfg.max_grad_norm
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, skipped
+
+    def score_no_grad(self, packed: Packed, critic: bool):
+        """π_θold log-probs (and old values) of every row, in micro-batches, without grad."""
+        parts = []
+        with torch.no_grad():
+            for idx in batching.chunks(torch.arange(packed.ids.shape[0]), self.cfg.micro_batch):
+                parts.append(score(self.model, _select_packed(packed, idx, trim=False),
+                                   self.critic if critic else None))
+        cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
+        return type(parts[0])(cat([p.logp for p in parts]), cat([p.entropy for p in parts]),
+                              cat([p.values for p in parts]))
+
+    def skip_nonfinite(self, m: dict, why: str) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_in_row += 1
+        self.scheduler.step()
+        m.update({records.TRAIN_SKIPPED: 1.0, TRAIN_STOPPED_BAD: 1.0,
+                  records.TRAIN_LR: self.scheduler.get_last_lr()[0]})
+        m["train/skip_reason"] = why
+        return dict(m)
+
+    def stop_if_diverged(self, step: int) -> None:
+        if self.bad_in_row >= self.cfg.max_bad_steps:
+            msg = (f"stopped at step {step}: {self.bad_in_row} consecutive steps with a non-finite "
+                   "loss (every record so far is kept; lower --lr or check the data)")
+            self.writer.set_status("failed", step, msg)
+            raise RunStopped(msg)
+
+    # -------------------------------------------------------------------- eval and records
+    def evaluate(self, step: int, log: bool = True) -> dict:
+        cfg = self.cfg
+        with self.timers("eval"):
+            res, gens = evaluate.evaluate(
+                self.sampler, self.tok, self.eval_examples, self.reward_fn, cfg.eval_k,
+                cfg.eval_temperature, cfg.eval_top_p, cfg.max_new_tokens,
+                _seed(cfg.seed, step, 7), lambda e: base.prompt_ids(self.tok, list(e.messages)))
+        self.writer.log_eval(res.rows(step, self.benchmark))
+        self.writer.log_generations(self.benchmark, [{"step": step, **g} for g in gens])
+        metrics = res.metrics()
+        if log:
+            self.writer.log_metrics(step, metrics)
+        return metrics
+
+    @property
+    def benchmark(self) -> str:
+        return Path(self.cfg.eval_data).stem if self.cfg.eval_data else "arith"
+
+    def log_samples(self, step: int, generated: list[Row], kept: list[Row], gates: dict) -> None:
+        """One samples.jsonl row per generated sequence (``kept``: trained this step)."""
+        kept_ids = {id(r) for r in kept}
+        self.writer.log_samples([
+            {"step": step, "prompt_id": r.example.uid, "sample_idx": r.sample_idx,
+             "source": r.source, "reward": r.reward, "correct": r.correct,
+             "n_tokens": len(r.response_ids), "gate": gates.get(r.group, "rl"),
+             "level": r.example.level,
+             "group": r.group, "kept": id(r) in kept_ids} for r in generated])
+
+    def save(self, step: int) -> None:
+        with self.timers("checkpoint"):
+            checkpoint.save(self.run_dir, step, self.model, self.tok, self.critic, self.optimizer,
+                            self.scheduler, {"data": self.stream.cursor,
+                                             "demos_truncated": self.demos_truncated},
+                            keep=self.cfg.keep_checkpoints)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+def _seed(seed: int, step: int, salt: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2 ** 31 - 1)
+
+
+def _first_groups(rows: list[Row], k: int) -> list[Row]:
+    keep = set(batching.groups_of(rows)[:k])
+    return [r for r in rows if r.group in keep]
+
+
+def _select_packed(p: Packed, idx: torch.Tensor, trim: bool = True) -> Packed:
+    """Rows ``idx`` of a packed batch; ``trim`` drops response columns that are all padding."""
+    mask = p.mask[idx]
+    T = max(1, int(mask.sum(-1).max())) if trim and len(idx) else p.width
+    P = p.prompt_width
+    return Packed(p.ids[idx, :P + T], p.attention[idx, :P + T], p.positions[idx, :P + T],
+                  mask[:, :T], P)
+
+
+def _trained_rows(plan) -> torch.Tensor:
+    """Indices of rows with a non-zero weight in the plan (other rows are skipped)."""
+    w = (plan.coef != 0) | (plan.ent != 0)
+    for part in plan.parts:
+        w = w | (part.coef != 0)
+    return w.nonzero().squeeze(-1)
+
+
+def _gate_metrics(sub, trained: torch.Tensor, m: dict) -> None:
+    """gate/offline_ratio: demo rows / all rows trained in the (mini-)batch."""
+    demo = sub.is_demo[trained]
+    m[records.GATE_OFFLINE_RATIO] = float(demo.float().mean()) if len(trained) else 0.0
+
+
+def _rollout_metrics(rows: list[Row], max_new_tokens: int) -> dict:
+    roll = [r for r in rows if not r.is_demo]
+    if not roll:
+        return {ROLLOUT_SAMPLES: 0}
+    return {records.ROLLOUT_REWARD: sum(r.reward for r in roll) / len(roll),
+            records.ROLLOUT_ACCURACY: sum(r.correct for r in roll) / len(roll),
+            records.ROLLOUT_LENGTH: sum(len(r.response_ids) for r in roll) / len(roll),
+            records.ROLLOUT_CLIP_FRACTION: sum(r.clipped for r in roll) / len(roll),
+            records.ROLLOUT_ALL_EQUAL: batching.all_equal_fraction(roll),
+            ROLLOUT_SAMPLES: len(roll)}
+
+
+def _progress(cfg: RunConfig, start: int):
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=cfg.preset, disable=not cfg.progress,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+def _postfix(m: dict) -> dict:
+    keys = {records.ROLLOUT_ACCURACY: "acc", records.GATE_SFT_FRACTION: "sft",
+            records.EVAL_ACCURACY: "eval"}
+    return {short: f"{m[k]:.2f}" for k, short in keys.items() if k in m}
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def make_schedule(opt, cfg: RunConfig):
+    """constant | cosine | linear decay after a linear warm-up (per training step)."""
+    decay = {"constant": lambda f: 1.0, "cosine": lambda f: 0.5 * (1 + math.cos(math.pi * f)),
+             "linear": lambda f: 1.0 - f}
+    if cfg.schedule not in decay:
+        raise ValueError(f"--schedule must be one of {sorted(decay)}, got {cfg.schedule!r}")
+    fn, w, total = decay[cfg.schedule], cfg.warmup_steps, max(1, cfg.steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / w) if w and s < w else fn(min(1.0, s / total)))
+
+
+def _eval_examples(cfg: RunConfig) -> list:
+    if cfg.eval_data:
+        return data.load_examples(cfg.eval_data)
+    return [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(task.test_problems())]
+
+
+def _stream(cfg: RunConfig):
+    if cfg.train_data:
+        return data.FileStream(data.load_examples(cfg.train_data), cfg.seed)
+    return data.TaskStream(cfg.seed)
+
+
+def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Trainer:
+    """Every object of the run, chosen from the config (resuming when ``cfg.resume``)."""
+    timers = Timers()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.resume:
+        cfg = _resumed_config(cfg)
+    stages = make_stages(cfg)
+    with timers("base model"):
+        model_path = cfg.model or str(base.ensure_base(rebuild=cfg.rebuild_base, log=log))
+    with timers("setup"):
+        torch.manual_seed(cfg.seed)
+        tok = load_tokenizer(model_path)
+        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha)
+        model.train()
+        critic = (ValueHead(model.config.hidden_size)
+                  if any(s.critic for s in stages) else None)
+        params = [p for p in model.parameters() if p.requires_grad]
+        params += list(critic.parameters()) if critic is not None else []
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        sched = make_schedule(opt, cfg)
+        reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
+        run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.runs_dir) / (
+            cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        writer = records.RunWriter(run_dir)
+        trainer = Trainer(cfg, run_dir, writer, model, tok, critic, reference,
+                          HFSampler(model, tok.eos_token_id, tok.pad_token_id),
+                          reward_fn or BoxedReward(time_limit=cfg.verifier_timeout), stages,
+                          _stream(cfg), _eval_examples(cfg), opt, sched, timers)
+    if cfg.resume:
+        _restore(trainer)
+    else:
+        writer.write_config(_config_record(cfg, stages, model_path))
+    return trainer
+
+
+def _config_record(cfg: RunConfig, stages: list, model_path: str) -> dict:
+    return {"config": cfg.resolved(), "preset": cfg.preset, "seed": cfg.seed,
+            "estimator": {s.name: s.est.parts() for s in stages},
+            "stages": [{"name": s.name, "first_step": s.first, "last_step": s.last} for s in stages],
+            "model_path": model_path, "task_version": task.TASK_VERSION,
+            "versions": _versions(), "git_commit": _git_commit(), "command": sys.argv}
+
+
+def _resumed_config(cfg: RunConfig) -> RunConfig:
+    """The saved config of the run being resumed (only ``resume``/``progress`` come from now)."""
+    saved = records.read_config(cfg.resume).get("config")
+    if not saved:
+        raise FileNotFoundError(f"{cfg.resume}: no {records.CONFIG} to resume from")
+    return dataclasses.replace(RunConfig(**saved), resume=cfg.resume, progress=cfg.progress)
+
+
+def _restore(t: Trainer) -> None:
+    ckpt = checkpoint.latest(t.run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{t.run_dir}: no checkpoint to resume from")
+    state = checkpoint.restore(ckpt, t.model, t.critic, t.optimizer, t.scheduler)
+    t.step = state["step"]
+    t.stream.cursor = state["cursor"]["data"]
+    t.demos_truncated = state["cursor"]["demos_truncated"]
+    t.writer.truncate_after(t.step)
+
+
+def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None) -> Trainer:
+    cfg = parse_args(argv)
+    t0 = time.time()
+    trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"run directory: {trainer.run_dir}", file=sys.stderr)
+    try:
+        last = trainer.train()
+    except RunStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1)
+    except BaseException as e:
+        trainer.writer.set_status("failed", trainer.step, repr(e))
+        raise
+    finally:
+        close = getattr(trainer.reward_fn, "close", None)
+        if close:
+            close()
+    _report(trainer, last, time.time() - t0)
+    return trainer
+
+
+def _report(t: Trainer, last: dict, total: float) -> None:
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.timers.items())
+    acc = {k: round(v, 3) for k, v in last.items() if k.startswith("eval/")}
+    print(f"wall time {total:.1f}s ({phases})", file=sys.stderr)
+    print(json.dumps({"run_dir": str(t.run_dir), "step": t.step, **acc}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Rollout engines behind one small interface.
+
+    sampler.generate(prompts_token_ids, n, temperature, top_p, max_new_tokens, seed)
+        -> completions[i][j] = token ids of the j-th completion of prompt i (eos included when
+           generated, padding removed)
+    sampler.sync_weights(model)   # after each optimizer step (a no-op for HF generate)
+
+`HFSampler` uses ``model.generate`` (KV cache, batched, left-padded). Sampling is seeded with
+its own forked RNG, so a step's rollouts depend only on (weights, prompts, seed) and never on
+the global RNG: this is what makes a resumed run sample exactly what it would have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+class Sampler(Protocol):
+    def generate(self, prompts_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, seed: int) -> list[list[list[int]]]: ...
+
+    def sync_weights(self, model) -> None: ...
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask) of left-padded sequences."""
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            att[i, width - len(s):] = 1
+    return ids, att
+
+
+def strip_completion(row: list[int], eos_id: int, pad_id: int) -> list[int]:
+    """Cut a generated row after its first eos (kept) and drop trailing padding."""
+    if eos_id in row:
+        return row[:row.index(eos_id) + 1]
+    while row and row[-1] == pad_id and pad_id != eos_id:
+        row = row[:-1]
+    return row
+
+
+@dataclass
+class HFSampler:
+    """Batched HF ``generate`` with sampling; ``max_batch`` sequences per call."""
+
+    model: object
+    eos_id: int
+    pad_id: int
+    max_batch: int = 256
+
+    def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
+        flat = [p for p in prompts_token_ids for _ in range(n)]
+        out: list[list[int]] = []
+        was_training = self.model.training
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            for start in range(0, len(flat), self.max_batch):
+                out += self._generate(flat[start:start + self.max_batch], temperature, top_p,
+                                      max_new_tokens)
+        self.model.train(was_training)
+        return [out[i * n:(i + 1) * n] for i in range(len(prompts_token_ids))]
+
+    def _generate(self, seqs, temperature, top_p, max_new_tokens):
+        ids, att = left_pad(seqs, self.pad_id)
+        greedy = temperature <= 0
+        gen = self.model.generate(
+            input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+            do_sample=not greedy, temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p, top_k=0 if not greedy else None,
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True)
+        return [strip_completion(r, self.eos_id, self.pad_id) for r in gen[:, ids.shape[1]:].tolist()]
+
+    def sync_weights(self, model) -> None:
+        """HF generate samples from the training model itself: nothing to copy."""
+        self.model = model
