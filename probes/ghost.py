@@ -89,18 +89,40 @@ def _flat(x: Tensor) -> Tensor:
 
 
 def _gram_linear(s) -> Tensor:
+    """Ghost form B²T²(in+out) when cheaper, else this layer's per-sample gradients B·T·in·out
+    (one layer at a time, never the whole model's)."""
     a, g, m = _flat(s["a"]), _flat(s["g"]), s["module"]
-    K = (torch.einsum("itf,jsf->ijts", g, g) * torch.einsum("itf,jsf->ijts", a, a)).sum((-1, -2))
+    B, T = a.shape[:2]
+    if B * T * T * (a.shape[-1] + g.shape[-1]) <= T * a.shape[-1] * g.shape[-1] + B * a.shape[-1] * g.shape[-1]:
+        K = (torch.einsum("itf,jsf->ijts", g, g) * torch.einsum("itf,jsf->ijts", a, a)).sum((-1, -2))
+    else:
+        W = torch.einsum("ito,itn->ion", g, a).reshape(B, -1)
+        K = W @ W.T
     if m.bias is not None and m.bias.requires_grad:
         gs = g.sum(1)
         K = K + gs @ gs.T
     return K
 
 
-def _gram_embedding(s) -> Tensor:
+def _embedding_g(s) -> tuple[Tensor, Tensor]:
+    """Token ids and output-gradients, with rows of ``padding_idx`` (which get no gradient) zeroed."""
     tok, g = s["a"].reshape(s["a"].shape[0], -1), _flat(s["g"])
-    same = (tok[:, None, :, None] == tok[None, :, None, :]).to(g.dtype)  # [B, B, T, T]
-    return (same * torch.einsum("itf,jsf->ijts", g, g)).sum((-1, -2))
+    pad = s["module"].padding_idx
+    if pad is not None:
+        g = g * (tok != pad)[..., None].to(g.dtype)
+    return tok, g
+
+
+def _gram_embedding(s) -> Tensor:
+    tok, g = _embedding_g(s)
+    B, T, F = g.shape
+    V = s["module"].num_embeddings
+    if B * T * T <= T + B * V:
+        same = (tok[:, None, :, None] == tok[None, :, None, :]).to(g.dtype)  # [B, B, T, T]
+        return (same * torch.einsum("itf,jsf->ijts", g, g)).sum((-1, -2))
+    E = torch.zeros(B, V, F, dtype=g.dtype).scatter_add_(1, tok[..., None].expand(-1, -1, F), g)
+    E = E.reshape(B, -1)
+    return E @ E.T
 
 
 def _scale_grads(s) -> Tensor:
@@ -123,7 +145,7 @@ def _dot_linear(s, name, v) -> Tensor:
 
 
 def _dot_embedding(s, name, v) -> Tensor:
-    tok, g = s["a"].reshape(s["a"].shape[0], -1), _flat(s["g"])
+    tok, g = _embedding_g(s)
     return torch.einsum("itf,itf->i", g, v[f"{name}.weight"][tok])
 
 

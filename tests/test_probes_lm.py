@@ -89,3 +89,25 @@ def test_lm_variance_cli(tmp_path, capsys):
                           "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "testbed lm" in out and "rloo" in out
+
+
+@pytest.mark.parametrize("T", [3, 24])
+def test_ghost_with_padding_tokens_and_both_gram_forms(T):
+    """Random ids (PAD included, whose embedding row gets no gradient) at a short and a long
+    length, so both the ghost and the per-layer form are exercised; equal to vmap."""
+    torch.manual_seed(0)
+    model = lm.tiny_lm(hidden=16, layers=1, dtype=torch.float64)
+    ids = torch.randint(0, lm.VOCAB, (4, T))
+    ids[:, 1] = lm.PAD
+    d = torch.randn(4, T - 1, dtype=torch.float64)
+
+    def loss(p, x, di):
+        logits = torch.func.functional_call(model, p, (x[None],)).logits
+        return (torch.log_softmax(logits[0, :-1], -1).gather(-1, x[1:, None])[:, 0] * di).sum()
+
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    F = lm.flat(torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, ids, d))
+    with ghost.GramHooks(model) as gh:
+        logits = model(input_ids=ids).logits
+        (torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0] * d).sum().backward()
+    assert torch.allclose(gh.gram(), F @ F.T, atol=1e-11, rtol=1e-9)
