@@ -66,7 +66,7 @@ def off_policy_extras(ctx: Mo.Context) -> dict:
     lo, ln = ctx.logp_old_tok[x], ctx.logp_tok[x]
     pi_old = ctx.pi_old[x]
     kl = (pi_old * (lo.sum(-1) - ln.sum(-1))).sum(-1).mean()
-    rho_tok = torch.exp(ln - lo)[:, :, :][ctx.tree.mask.expand_as(ln) > 0]
+    rho_tok = torch.exp(ln - lo)[ctx.tree.mask.expand_as(ln) > 0]
     rho_seq = torch.exp(ln.sum(-1) - lo.sum(-1))
     ess = (1.0 / (pi_old * rho_seq ** 2).sum(-1)).mean()
     return {"KL": float(kl), "max_rho": float(rho_tok.max()), "ESS": float(ess)}
