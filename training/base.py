@@ -1,4 +1,4 @@
-"""The embedded base model: a character-level tokenizer and a small Qwen2 built from a config,
+"""The embedded base model: a character-level tokenizer and a small Llama built from a config,
 briefly pre-trained (SFT on the task's demonstrations) so that it starts *partially* competent —
 good on the easy levels, near zero on the hardest — which is the regime where HPT's gate switches.
 
@@ -7,6 +7,10 @@ Built deterministically on first use and cached under ``$UPGE_CACHE`` (default
 recipe and task version. The directory is a plain ``save_pretrained`` model + tokenizer, so
 ``AutoModelForCausalLM.from_pretrained(path)`` / ``AutoTokenizer.from_pretrained(path)`` load it.
 Nothing is downloaded.
+
+The architecture is Llama, not Qwen2: transformers 5's ``AutoTokenizer`` replaces the tokenizer
+of any ``model_type == "qwen2"`` directory by ``Qwen2Tokenizer`` (byte-level pre-tokenizer), which
+silently drops the spaces and newlines of a character-level vocabulary. Llama keeps the saved one.
 """
 from __future__ import annotations
 
@@ -36,14 +40,15 @@ CHAT_TEMPLATE = (
 class BaseConfig:
     """Architecture and pre-training recipe of the embedded base model (all in the cache hash)."""
 
-    hidden_size: int = 128
-    layers: int = 4
+    architecture: str = "llama"
+    hidden_size: int = 64
+    layers: int = 3
     heads: int = 4
-    kv_heads: int = 2
-    intermediate_size: int = 384
+    kv_heads: int = 4
+    intermediate_size: int = 192
     max_positions: int = 128
-    pretrain_steps: int = 300
-    pretrain_batch: int = 64
+    pretrain_steps: int = 600
+    pretrain_batch: int = 32
     pretrain_lr: float = 3e-3
     pretrain_levels: tuple = task.LEVELS
     seed: int = 1234
@@ -73,17 +78,20 @@ def char_tokenizer():
 
 
 def build_model(cfg: BaseConfig, tok):
-    """A freshly initialised Qwen2ForCausalLM of the configured size (seeded)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """A freshly initialised causal LM (``cfg.architecture``: llama | qwen2) of the configured size
+    (seeded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    conf = Qwen2Config(vocab_size=len(tok), hidden_size=cfg.hidden_size,
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM),
+                             "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[cfg.architecture]
+    conf = config_cls(vocab_size=len(tok), hidden_size=cfg.hidden_size,
                        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.layers,
                        num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
                        max_position_embeddings=cfg.max_positions, tie_word_embeddings=True,
                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                        bos_token_id=tok.eos_token_id, attn_implementation="eager")
     torch.manual_seed(cfg.seed)
-    return Qwen2ForCausalLM(conf)
+    return model_cls(conf)
 
 
 def encode_demo_batch(tok, problems: list, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
