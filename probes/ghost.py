@@ -94,9 +94,11 @@ def _gram_linear(s) -> Tensor:
     a, g, m = _flat(s["a"]), _flat(s["g"]), s["module"]
     B, T = a.shape[:2]
     if B * T * T * (a.shape[-1] + g.shape[-1]) <= T * a.shape[-1] * g.shape[-1] + B * a.shape[-1] * g.shape[-1]:
-        K = (torch.einsum("itf,jsf->ijts", g, g) * torch.einsum("itf,jsf->ijts", a, a)).sum((-1, -2))
+        gg = (g.reshape(B * T, -1) @ g.reshape(B * T, -1).T).view(B, T, B, T)
+        aa = (a.reshape(B * T, -1) @ a.reshape(B * T, -1).T).view(B, T, B, T)
+        K = (gg * aa).sum((1, 3))
     else:
-        W = torch.einsum("ito,itn->ion", g, a).reshape(B, -1)
+        W = torch.bmm(g.transpose(1, 2), a).reshape(B, -1)  # per-sample out × in
         K = W @ W.T
     if m.bias is not None and m.bias.requires_grad:
         gs = g.sum(1)
