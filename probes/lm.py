@@ -15,7 +15,8 @@ the trainable ones, e.g. a LoRA adapter). Σ_i g_i equals the gradient of the es
 Reference gradient g* (probes-spec §1.2 method 2): the unbiased RLOO estimator over
 ``--lm-ref`` rollouts per prompt, with its standard error from two halves. Reported per
 estimator: scale, cos to g*, rel_bias, tr Cov of one update (across ``--lm-updates`` updates),
-SNR, and B_simple = tr Σ_group/‖E h‖² with h the per-group gradient (in groups, ×G samples).
+SNR, B_simple = N·trCov/‖m‖² (and in groups), E[cos(ĝ, g*)], each from ``--mc`` updates
+(default 16) with fixed prompts; tr Cov from the per-group gradients (see `lm_metrics`).
 """
 from __future__ import annotations
 
@@ -214,23 +215,25 @@ def reference(s: LMSetting, n_ref: int, chunk: int = 256) -> tuple[Tensor, float
     return g, float((halves[0] - halves[1]).norm() / 2 / g.norm())
 
 
-def lm_metrics(updates: list, groups: list, g_ref: Tensor, G: int) -> dict:
-    """Metrics from per-update gradients [M, D] and per-group gradients [n, D]."""
-    U = torch.stack(updates)
+def lm_metrics(groups: list, g_ref: Tensor, G: int, N: int) -> dict:
+    """Metrics from per-group gradients ``groups`` [M updates][P prompts, D]. Prompts are fixed
+    (as on the tree testbed), so tr Cov of one update is Σ_x Var_u(h_{u,x}) (groups of different
+    prompts are independent); ‖m‖² is bias-corrected by trCov/M. SEs over the M updates."""
+    H = torch.stack(groups)  # [M, P, D]
+    M = H.shape[0]
+    U = H.sum(1)
     m = U.mean(0)
-    tr = float(U.var(0, unbiased=True).sum())
-    H = torch.cat(groups)
-    mh = H.mean(0)
-    trh = float(H.var(0, unbiased=True).sum())
+    tr = float(H.var(0, unbiased=True).sum())
+    m2 = max(float(m @ m) - tr / M, 1e-30)
     n2 = float(g_ref @ g_ref)
-    alpha = float(m @ g_ref) / n2
-    cos = float(m @ g_ref) / float(m.norm() * g_ref.norm())
-    Uc = U / U.norm(dim=-1, keepdim=True)
-    ecos = (Uc @ g_ref / g_ref.norm())
-    return {"scale": alpha, "cos": cos, "rel_bias": float((m - g_ref).norm()) / math.sqrt(n2), "trCov": tr,
-            "SNR": float(m @ m) / tr if tr > 0 else float("inf"),
-            "B_groups": trh / max(float(mh @ mh), 1e-30), "B_simple": G * trh / max(float(mh @ mh), 1e-30),
-            "E[cos]": float(ecos.mean()), "E[cos]_se": float(ecos.std() / math.sqrt(len(ecos)))}
+    proj = U @ g_ref / n2
+    cos_u = U @ g_ref / (U.norm(dim=-1) * g_ref.norm()).clamp_min(1e-30)
+    se = lambda v: float(v.std() / math.sqrt(len(v)))  # noqa: E731
+    return {"scale": float(proj.mean()), "scale_se": se(proj),
+            "cos": float(m @ g_ref) / float(m.norm() * g_ref.norm()),
+            "rel_bias": float((m - g_ref).norm()) / math.sqrt(n2), "trCov": tr,
+            "SNR": m2 / tr if tr > 0 else float("inf"), "B_simple": N * tr / m2, "B_groups": H.shape[1] * tr / m2,
+            "E[cos]": float(cos_u.mean()), "E[cos]_se": se(cos_u)}
 
 
 def run_lm(names: str, G: int, updates: int, n_ref: int, steps: int, seed: int, log=print) -> dict:
@@ -253,15 +256,15 @@ def run_lm(names: str, G: int, updates: int, n_ref: int, steps: int, seed: int, 
             log(f"skip {probe.name}: needs {est.needs}")
             continue
         unit = probe.unit(est, len(pairs), 1, G)
-        ups, grps = [], []
+        grps = []
         t = time.time()
         for _ in range(updates):
             ids, resp, b, d = estimator_rows(s, est)
             gi = flat(per_sample_grads(model, ids, resp, d)) * unit
-            ups.append(gi.sum(0))
             grps.append(torch.stack([gi[b.group == k].sum(0) for k in range(len(pairs))]))
+        N = max(int(b.rollouts.sum()), int(b.is_demo.sum()))
         row = {"estimator": probe.name, "G": G, "N": int(b.rollouts.sum()), "demos": int(b.is_demo.sum()),
-               "exact": f"MC({updates})", **lm_metrics(ups, grps, g_ref, G), "seconds": time.time() - t}
+               "exact": f"MC({updates})", **lm_metrics(grps, g_ref, G, N), "seconds": time.time() - t}
         rows.append(row)
         log(f"  {probe.name}: {row['seconds']:.1f} s")
     return {"header": {"testbed": "lm", "params": int(sum(v.numel() for v in trainable(model).values())),
@@ -300,7 +303,7 @@ def main_variance(args) -> int:
     log = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
     names = args.estimators if args.estimators != "all" else \
         "reinforce,rloo,dr_grpo,grpo,grpo[noLN],dapo,gspo,cispo,reinforce_pp,sft,luffy,hpt[γ=0,const]"
-    res = run_lm(names, args.G, max(args.mc, 8) if args.mc else 8, args.lm_ref, args.lm_steps, args.seed, log)
+    res = run_lm(names, args.G, args.mc if args.mc >= 2 else 16, args.lm_ref, args.lm_steps, args.seed, log)
     import json
     print(json.dumps(records._jsonable(res), indent=1) if args.format == "json" else format_lm(res), end="")
     if not args.no_records:
@@ -309,8 +312,8 @@ def main_variance(args) -> int:
         w.write_config({"probe": "variance", "testbed": "lm", "header": res["header"], "G": args.G})
         w.log_probe("variance", [{"probe": "variance", "estimator": r["estimator"],
                                   "setting": f"testbed=lm,G={r['G']},N={r['N']}", "metric": k, "value": v,
-                                  "stderr": r["E[cos]_se"] if k == "E[cos]" else float("nan")}
+                                  "stderr": r.get(f"{k}_se", float("nan"))}
                                  for r in res["rows"] for k, v in r.items()
-                                 if isinstance(v, float) and k != "E[cos]_se"])
+                                 if isinstance(v, float) and not k.endswith("_se")])
         print(f"records: {out}", file=sys.stderr)
     return 0
