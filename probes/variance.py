@@ -170,7 +170,7 @@ def run(o: Options, log=lambda s: None) -> dict:
     prompts = tree.train_idx
     p_all = tree.pass_rate(theta)
     rows, agreements = [], []
-    stale_thetas = {K: stale_theta(tree, theta, K, o.stale_lr) for K in {p.stale for p in probes if p.stale}}
+    stale_thetas = {K: stale_theta(tree, theta, K, o.stale_lr) for K in sorted({p.stale for p in probes if p.stale})}
     for G in o.groups():
         R = o.budget // G
         ctxs = {0: Mo.Context(tree, theta, theta, G, R, prompts)}
