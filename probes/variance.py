@@ -117,8 +117,8 @@ def validate(o: Options) -> list:
                              f"budget/G groups per prompt")
     if o.checkpoint not in ("base", "mid"):
         raise UsageError(f"--checkpoint {o.checkpoint!r}: valid are base, mid")
-    if o.mc < 0 or any(k < 1 for k in o.stale):
-        raise UsageError("--mc must be ≥ 0 and every --stale K ≥ 1")
+    if o.mc < 0 or o.mc == 1 or any(k < 1 for k in o.stale):
+        raise UsageError("--mc must be 0 (exact where possible) or ≥ 2, and every --stale K ≥ 1")
     try:
         TreeConfig(V=o.V, H=o.H, policy=o.policy, demonstrator=o.demonstrator)
     except ValueError as e:
