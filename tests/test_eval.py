@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 def run(tiny, tmp_path, *extra):
     out = tmp_path / "run"
     argv = ["--model", str(tiny), "--limit", "2", "--n", "2", "--max-new-tokens", "16",
-            "--bootstrap", "50", "--out", str(out), *extra]
+            "--bootstrap", "50", "--threads", "1", "--out", str(out), *extra]
     assert ev.main(argv) == 0
     return out
 

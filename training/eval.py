@@ -100,9 +100,9 @@ def resolve_model(name: str) -> str:
     local HF cache. Nothing is downloaded; a miss raises `EvalError` saying how to provide it."""
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise EvalError(f"--model {name}: {path} has no config.json; give a directory saved with "
-                            "save_pretrained (model + tokenizer)")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise EvalError(f"--model {name}: {path} has no config.json (nor adapter_config.json); "
+                            "give a directory saved with save_pretrained (model + tokenizer)")
         return str(path)
     looks_like_path = name.startswith((".", "/", "~")) or name.count("/") != 1
     if looks_like_path:
@@ -243,7 +243,13 @@ def hf_engine(path: str, tok, device: str, dtype: str, batch_size: int, stops: l
 
     torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+    if (Path(path) / "adapter_config.json").is_file():   # a LoRA checkpoint: merge into its base
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model = model.to(device).eval()
     return HFSampler(OnDevice(model, stops), tok.eos_token_id, tok.pad_token_id, max_batch=batch_size), model
 
 
@@ -475,14 +481,15 @@ def evaluate(args, log=print) -> dict:
     else:
         from transformers import AutoConfig, GenerationConfig
 
-        cfg = AutoConfig.from_pretrained(path)
+        lora = Path(path, "adapter_config.json").is_file() and not Path(path, "config.json").is_file()
+        cfg = None if lora else AutoConfig.from_pretrained(path)
         try:
             gen_cfg = GenerationConfig.from_pretrained(path)
         except OSError:
             gen_cfg = None
         stops = stop_ids(tok, cfg, gen_cfg)
         engine, model = hf_engine(path, tok, device, args.dtype, args.batch_size, stops)
-        limit = getattr(cfg, "max_position_embeddings", None)
+        limit = getattr(cfg, "max_position_embeddings", None) if cfg is not None else None
         if limit and args.max_new_tokens > limit:
             log(f"warning: --max-new-tokens {args.max_new_tokens} exceeds the model's "
                 f"max_position_embeddings {limit} (HPT/LUFFY edit it to 16384 for Qwen2.5-Math)")
