@@ -151,7 +151,7 @@ def test_last_boxed_and_quick_check():
 
 @pytest.fixture(scope="module")
 def reward():
-    r = BoxedReward(time_limit=1.0)
+    r = BoxedReward(time_limit=10.0)  # generous: a loaded machine must not fail a legit check
     yield r
     r.close()
 
@@ -166,7 +166,7 @@ def test_reward_scores_boxed_answers(reward):
 
 def test_adversarial_answer_costs_at_most_the_time_limit(reward):
     reward(["\\boxed{x+1}"], ["x+1"])  # the worker is up (start-up is not part of the limit)
-    before = reward.timeouts
+    reward.time_limit, before = 1.0, reward.timeouts
     t0 = time.time()
     out = reward(["\\boxed{9^{9^{9^{9}}}}"], ["11"])
     took = time.time() - t0
@@ -296,3 +296,23 @@ def test_run_constants_follow_max_new_tokens():
     hpt2 = make_stages(RunConfig(preset="hpt", gate_gamma=2, kl_coef=0.1))[0].est
     assert hpt2.gate.gamma == 2 and hpt2.rl.kl is not None
     assert math.isclose(make_stages(RunConfig(preset="ppo"))[0].epochs, 4)
+
+
+def test_char_tokenizer_round_trips_through_autotokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from training import base
+
+    tok = base.char_tokenizer()
+    cfg = base.BaseConfig(hidden_size=16, layers=1, heads=2, kv_heads=2, intermediate_size=16)
+    base.build_model(cfg, tok).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    p = task.make_problem(0, 4)
+    for text in (p.demo, p.prompt, "a b\nc"):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert loaded(text, add_special_tokens=False)["input_ids"] == ids and len(ids) == len(text)
+        assert loaded.decode(ids) == text
+    msgs = [{"role": "user", "content": p.prompt}]
+    assert base.prompt_ids(loaded, msgs) == base.prompt_ids(tok, msgs)
+    assert loaded.decode(base.prompt_ids(tok, msgs)) == f"<|user|>{p.prompt}<|assistant|>"

@@ -37,7 +37,7 @@ class RunConfig:
     top_p: float = _f(1.0, "rollout nucleus sampling top-p")
     max_new_tokens: int = _f(48, "maximum response length (also sets Dr. GRPO/HPT constant normalisers)")
     # optimisation
-    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    lr: float = _f(3e-4, "peak learning rate (AdamW)")
     schedule: str = _f("constant", "learning-rate schedule: constant | cosine | linear")
     warmup_steps: int = _f(0, "linear warm-up steps")
     weight_decay: float = _f(0.01, "AdamW weight decay")

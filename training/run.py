@@ -105,6 +105,11 @@ class Stage:
     critic: bool
     entropy: bool
 
+    @property
+    def default_gate(self) -> str:
+        """The samples' gate label when no gate decides: "sft" for demo-only training."""
+        return "sft" if self.need.rollouts == 0 else "rl"
+
 
 def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
     est = with_options(scale_constants(estimators.get(name), cfg.max_new_tokens), cfg)
@@ -185,7 +190,7 @@ class Trainer:
             rows, generated, m = self.collect(stage, step)   # sample → score → groups
             gates = {}                                       # group → "sft" | "rl" (HPT gate)
             m.update(self.update(stage, rows, step, gates))  # Batch → plan → micro-batches → step
-            self.log_samples(step, generated, rows, gates)
+            self.log_samples(step, generated, rows, gates or stage.default_gate)
             m[records.STEP_SECONDS] = time.time() - t0
             self.step = step
             if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
@@ -277,7 +282,8 @@ class Trainer:
             self.scheduler.step()
         self.bad_in_row = 0
         m[records.TRAIN_LR] = self.scheduler.get_last_lr()[0]
-        m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in gates.values()) / max(1, len(gates))
+        if gates:  # only gated (Hybrid) estimators decide per prompt
+            m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in gates.values()) / len(gates)
         return dict(m)
 
     def optimise(self, stage: Stage, packed: Packed, full, mb: torch.Tensor, m: dict,
@@ -375,13 +381,15 @@ class Trainer:
     def benchmark(self) -> str:
         return Path(self.cfg.eval_data).stem if self.cfg.eval_data else "arith"
 
-    def log_samples(self, step: int, generated: list[Row], kept: list[Row], gates: dict) -> None:
-        """One samples.jsonl row per generated sequence (``kept``: trained this step)."""
+    def log_samples(self, step: int, generated: list[Row], kept: list[Row], gates) -> None:
+        """One samples.jsonl row per generated sequence (``kept``: trained this step); ``gates``
+        maps group → "sft"/"rl", or is one label for every row."""
         kept_ids = {id(r) for r in kept}
         self.writer.log_samples([
             {"step": step, "prompt_id": r.example.uid, "sample_idx": r.sample_idx,
              "source": r.source, "reward": r.reward, "correct": r.correct,
-             "n_tokens": len(r.response_ids), "gate": gates.get(r.group, "rl"),
+             "n_tokens": len(r.response_ids),
+             "gate": gates.get(r.group, "rl") if isinstance(gates, dict) else gates,
              "level": r.example.level,
              "group": r.group, "kept": id(r) in kept_ids} for r in generated])
 
