@@ -137,11 +137,14 @@ class _Worker:
 class BoxedReward:
     """``reward_fn(completions, ground_truth, **kw) -> list[float]``: 1.0 when the last boxed
     answer equals the ground truth, else 0.0. ``time_limit``: hard seconds per math-verify check
-    (the worker's one-time start-up is not counted). ``timeouts`` counts checks that timed out or raised (scored 0)."""
+    (the worker's one-time start-up is not counted); math-verify verdicts are cached per
+    (answer, truth) pair (timeouts are not). ``timeouts`` counts checks that timed out or raised (scored 0)."""
 
     time_limit: float = 2.0
     timeouts: int = 0
+    cache_size: int = 100_000
     _worker: _Worker = field(default_factory=_Worker, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, completions: list[str], ground_truth: list[str], **kw) -> list[float]:
         if len(completions) != len(ground_truth):
@@ -156,10 +159,14 @@ class BoxedReward:
         quick = quick_check(pred, truth)
         if quick is not None:
             return float(quick)
+        if (pred, truth) in self._cache:  # rollouts repeat the same wrong answers
+            return self._cache[(pred, truth)]
         verdict = self._worker.check(pred, truth, self.time_limit)
         if verdict is None:
             self.timeouts += 1
             return 0.0
+        if len(self._cache) < self.cache_size:
+            self._cache[(pred, truth)] = float(verdict)
         return float(verdict)
 
     def close(self) -> None:
