@@ -9,9 +9,10 @@
     python benchmarks/per_sample_grads.py                 # 32 sequences × 64 tokens, 4×128 model
     python benchmarks/per_sample_grads.py --batch 16 --hidden 64 --layers 2
 
-Prints wall time per method (median of ``--repeat``), the speed-up of each over the loop, the
-peak resident memory of each method (each measured in its own subprocess), and the agreement of
-the Gram matrices. Timings on shared CPUs are noisy; rerun before quoting.
+Prints wall time per method (median of ``--repeat`` rounds; the methods are interleaved round by
+round in one process so that they see the same machine load), the speed-up of each over the
+loop, the peak resident memory of each method (each measured alone in its own subprocess), and
+the agreement of the Gram matrices. Timings on shared CPUs are noisy; rerun before quoting.
 """
 from __future__ import annotations
 
@@ -109,15 +110,24 @@ def main():
         print(json.dumps(measure(a)))
         return
     import tempfile
-    res, grams = {}, {}
+    res = {}
     with tempfile.TemporaryDirectory() as tmp:
         for m in METHODS:
-            path = f"{tmp}/{m}.pt"
-            cmd = [sys.executable, __file__, "--method", m, "--gram-out", path] + [
-                f"--{k}={getattr(a, k)}" for k in ("batch", "seq", "hidden", "layers", "repeat", "threads")]
+            cmd = [sys.executable, __file__, "--method", m, "--gram-out", f"{tmp}/{m}.pt", "--repeat=1"] + [
+                f"--{k}={getattr(a, k)}" for k in ("batch", "seq", "hidden", "layers", "threads")]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             res[m] = json.loads(out.strip().splitlines()[-1])
-            grams[m] = torch.load(path)
+    torch.set_num_threads(a.threads)
+    model, ids, d = setup(a)
+    grams = {m: f(model, ids, d) for m, f in METHODS.items()}  # warm-up
+    times = {m: [] for m in METHODS}
+    for _ in range(a.repeat):
+        for m, f in METHODS.items():
+            t = time.perf_counter()
+            f(model, ids, d)
+            times[m].append(time.perf_counter() - t)
+    for m in METHODS:
+        res[m]["seconds"] = statistics.median(times[m])
     model, _, _ = setup(a)
     n = sum(p.numel() for p in model.parameters())
     print(f"per-sample gradient statistics: {a.batch} sequences × {a.seq} tokens, Qwen2 {a.layers}×{a.hidden} "
