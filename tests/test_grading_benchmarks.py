@@ -96,7 +96,7 @@ def test_perturbed_answers_are_rejected_sample():
     assert accepted == {}
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("source", bm.SOURCES)
 def test_math_verify_accepts_every_answer_against_itself(source):
     """The reward's math-verify stage, forced (the quick check would short-circuit equal strings)."""
@@ -104,7 +104,7 @@ def test_math_verify_accepts_every_answer_against_itself(source):
     assert failures == KNOWN_SELF_FAILURES
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("source", bm.SOURCES)
 def test_perturbed_answers_are_rejected_everywhere(source):
     rows = math_rows(source)
