@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .batch import Batch, BatchError
+from .batch import Batch
 
 # ----------------------------------------------------------------------------- denominators
 
@@ -79,6 +79,24 @@ class SequenceGeometric:
     def __call__(self, b: Batch) -> Tensor:
         n = b.mask.sum(-1).clamp_min(1)
         s = torch.exp(((b.logp - b.logp_old) * b.mask).sum(-1) / n)
+        return s[:, None].expand_as(b.logp)
+
+
+@dataclass(frozen=True)
+class SequenceRatio:
+    """Sequence-level importance sampling: every token carries the whole sequence ratio
+    ρ_seq = Π_t π_θ(y_t|s_t)/π_θold(y_t|s_t) = exp(Σ_t (log π_θ − log π_θold)).
+
+    With `SeqMeanTokenMean` the surrogate is (1/N) Σ_i ρ_seq,i Â_i, whose gradient is
+    (1/N) Σ_i ρ_seq,i Â_i ∇log π_θ(y_i): unbiased for ∇J(θ) with y ∼ π_θold (Zheng et al.
+    arXiv 2512.01374). PPO's per-token ratio is its first-order approximation. At θ = θ_old it
+    reduces to `Current`."""
+
+    def formula(self) -> str:
+        return "π_ref = π_θold(τ) (whole-sequence ratio)"
+
+    def __call__(self, b: Batch) -> Tensor:
+        s = torch.exp(((b.logp - b.logp_old) * b.mask).sum(-1))
         return s[:, None].expand_as(b.logp)
 
 

@@ -45,7 +45,8 @@ def markdown() -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     lines += ["", "## Parts", ""]
     from . import parts
-    for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.TruncatedIS,
+    for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.SequenceRatio,
+                parts.TruncatedIS,
                 parts.NoClip, parts.Clip, parts.CISClip, parts.Plain, parts.Shaped, parts.Ones,
                 parts.Reward, parts.GroupNormalised, parts.BatchNormalised, parts.GAE,
                 parts.TokenMean, parts.SeqMeanTokenMean, parts.SeqMeanTokenSum,

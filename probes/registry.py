@@ -13,9 +13,8 @@ Targets (probes-spec §1.1, §1.3):
 * ``Jmu``   mean_x [((G−1)/G)·∇p_x + μ_x ∇log π_θ(y*_x)], μ_x = β(1−p_x)^G: the closed form
             of HPT with γ = 0 (probes-spec §1.3), i.e. ∇J_μ up to the Dr. GRPO factor (G−1)/G.
 
-The one missing part, sequence-level importance sampling (the unbiased off-policy reference,
-probes-spec §1.3 (i)), is `SequenceRatio` below: a denominator with the same interface as the
-parts in `estimators.parts`, composed with the project's `Estimator`.
+Sequence-level importance sampling (the unbiased off-policy reference, probes-spec §1.3 (i))
+is the part `estimators.parts.SequenceRatio`, composed with the project's `Estimator`.
 """
 from __future__ import annotations
 
@@ -23,26 +22,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from torch import Tensor
 
 import estimators
-from estimators import Batch, Hybrid, parts as Pt
-
-
-@dataclass(frozen=True)
-class SequenceRatio:
-    """π_ref such that every token carries the whole sequence ratio
-    ρ_seq = Π_t π_θ(y_t|s_t)/π_θold(y_t|s_t) = exp(Σ_t (log π_θ − log π_θold)).
-
-    With `SeqMeanTokenMean` the surrogate is (1/N)Σ_i ρ_seq,i Â_i, whose gradient is
-    (1/N)Σ_i ρ_seq,i Â_i ∇log π_θ(y_i): sequence-level importance sampling, unbiased for ∇J(θ)
-    with y ∼ π_θold (probes-spec §1.3 (i); Zheng et al. arXiv 2512.01374). At θ = θ_old it
-    reduces to `Current`."""
-
-    def __call__(self, b: Batch) -> Tensor:
-        s = torch.exp(((b.logp - b.logp_old) * b.mask).sum(-1))
-        return s[:, None].expand_as(b.logp)
+from estimators import Hybrid, parts as Pt
 
 
 def sequence_behaviour(fields: dict) -> dict:
@@ -123,7 +105,7 @@ def _ppo_token(eps: float | None):
 
 
 def _seq_is(P, R, G):
-    return estimators.get("rloo").replace(denominator=SequenceRatio(), reduction=Pt.SeqMeanTokenMean())
+    return estimators.get("rloo").replace(denominator=Pt.SequenceRatio(), reduction=Pt.SeqMeanTokenMean())
 
 
 def _tis(cap: float):
