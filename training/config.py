@@ -67,6 +67,17 @@ class RunConfig:
     resume: str = _f("", "resume the run in this directory from its last checkpoint")
     threads: int = _f(0, "torch CPU threads (0 = torch's default)")
     progress: bool = _f(True, "show a progress bar")
+    # scale (docs/scale.md)
+    profile: str = _f("", "hyper-parameter profile (training/profiles.py), e.g. paper-qwen2.5-math-1.5b; explicit flags win")
+    device: str = _f("auto", "auto | cpu | cuda: a GPU profile refuses to start without CUDA unless --device cpu")
+    rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.vllm_sampler)")
+    tis_cap: float = _f(2.0, "truncated importance sampling cap when the engine returns behaviour log-probs")
+    seed_per_prompt: bool = _f(False, "seed rollouts per prompt (always on with several processes, so 1 and N processes sample alike)")
+    sft_coef: Optional[float] = _f(None, "HPT: SFT weight beta on prompts the gate sends to SFT; default: the preset's (1.0)")
+    prompt_template: str = _f("chat", "chat (the tokenizer's chat template) | zero (official LLaMA Question/Answer prompt)")
+    max_prompt_tokens: int = _f(0, "keep the last this many prompt tokens (0 = no limit)")
+    rope_theta: Optional[float] = _f(None, "override the model config's rope_theta (Qwen2.5-Math: 40000)")
+    max_position_embeddings: Optional[int] = _f(None, "override the model config's max_position_embeddings (Qwen2.5-Math: 16384)")
 
     def resolved(self) -> dict:
         return asdict(self)
@@ -114,4 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
-    return RunConfig(**vars(build_parser().parse_args(argv)))
+    cfg = RunConfig(**vars(build_parser().parse_args(argv)))
+    if cfg.profile:
+        from .profiles import apply_profile
+
+        cfg = apply_profile(cfg, explicit_fields(argv))
+    return cfg
+
+
+def explicit_fields(argv: Optional[list[str]] = None) -> set:
+    """Names of the fields given on the command line (a profile never overrides them)."""
+    p = build_parser()
+    for a in p._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))

@@ -39,12 +39,11 @@ import records  # noqa: E402
 from estimators import Hybrid  # noqa: E402
 from estimators.parts import ConstantNormaliser, KLPenalty, Switch  # noqa: E402
 
-from . import base, batching, checkpoint, data, evaluate, task  # noqa: E402
+from . import base, batching, checkpoint, data, distributed, engines, evaluate, task  # noqa: E402
 from .batching import Row  # noqa: E402
 from .config import TWO_STAGE, RunConfig, parse_args  # noqa: E402
 from .policy import Packed, Reference, ValueHead, load_model, load_tokenizer, pack, score  # noqa: E402
 from .reward import BoxedReward  # noqa: E402
-from .sampler import HFSampler  # noqa: E402
 
 OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
 DEMOS_TRUNCATED = "data/demos_truncated"  # count of demonstrations cut to max_new_tokens
@@ -81,6 +80,10 @@ def with_options(est, cfg: RunConfig):
         est = est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
     if cfg.gate_gamma is not None and isinstance(getattr(est, "gate", None), Switch):
         est = est.replace(gate=dataclasses.replace(est.gate, gamma=cfg.gate_gamma))
+    if cfg.sft_coef is not None and hasattr(getattr(est, "gate", None), "beta"):
+        est = est.replace(gate=dataclasses.replace(est.gate, beta=cfg.sft_coef))
+    if cfg.rollout_engine == "vllm":  # the engine returns behaviour log-probs: TIS
+        est = engines.with_tis(est, cfg.tis_cap)
     return est
 
 
@@ -170,6 +173,10 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     scheduler: object
     timers: Timers
+    dist: object = field(default_factory=distributed.SingleProcess)
+    prompt_fn: Optional[Callable] = None          # Example -> prompt token ids
+    save_checkpoint: Callable = checkpoint.save   # rank 0; a no-op on the other ranks
+    behavior: dict = field(default_factory=dict)  # (group, sample_idx) -> engine log-probs
     step: int = 0
     bad_in_row: int = 0
     demos_truncated: int = 0
@@ -190,6 +197,7 @@ class Trainer:
             rows, generated, m = self.collect(stage, step)   # sample → score → groups
             gates = {}                                       # group → "sft" | "rl" (HPT gate)
             m.update(self.update(stage, rows, step, gates))  # Batch → plan → micro-batches → step
+            self.sampler.sync_weights(self.model)            # vLLM: push the new weights
             self.log_samples(step, generated, rows, gates or stage.default_gate)
             m[records.STEP_SECONDS] = time.time() - t0
             self.step = step
@@ -214,29 +222,35 @@ class Trainer:
         """(rows to train, every generated row, metrics): groups sampled and scored; with
         dynamic sampling, groups are dropped and refilled."""
         P = self.cfg.prompts_per_step
+        mine = len(self.dist.share(range(P))[1])  # this rank's share of the step's prompts
         kept, generated, timeouts0 = [], [], getattr(self.reward_fn, "timeouts", 0)
+        self.behavior.clear()
         for rnd in range(1 + stage.refill_rounds):
-            missing = P - len(batching.groups_of(kept))
+            missing = int(self.dist.total(max(0, mine - len(batching.groups_of(kept)))))
             if missing <= 0:
                 break
-            new = stage.shape(self.sample_groups(stage, self.stream.take(missing), step, rnd,
-                                                 offset=rnd * P))
+            start, examples = self.dist.share(self.stream.take(missing))  # every rank reads all
+            new = stage.shape(self.sample_groups(stage, examples, step, rnd, offset=rnd * P + start))
             generated += new
             kept += stage.keep(new)
-        kept = _first_groups(kept, P)
-        m = _rollout_metrics(generated, self.cfg.max_new_tokens)
-        m[records.ROLLOUT_VERIFIER_TIMEOUTS] = getattr(self.reward_fn, "timeouts", 0) - timeouts0
+        kept = _first_groups(kept, mine)
+        m = _rollout_metrics(self.dist.gather(generated), self.cfg.max_new_tokens)
+        m[records.ROLLOUT_VERIFIER_TIMEOUTS] = self.dist.total(
+            getattr(self.reward_fn, "timeouts", 0) - timeouts0)
         m[DEMOS_TRUNCATED] = self.demos_truncated
         return kept, generated, m
 
     def sample_groups(self, stage: Stage, examples: list, step: int, rnd: int, offset: int) -> list[Row]:
         need = stage.need
-        prompts = [base.prompt_ids(self.tok, list(e.messages)) for e in examples]
+        prompts = [self.prompt_fn(e) for e in examples]
         with self.timers("sample"):
             comps = (self.sampler.generate(prompts, need.rollouts, self.cfg.temperature,
                                            self.cfg.top_p, self.cfg.max_new_tokens,
-                                           _seed(self.cfg.seed, step, rnd))
+                                           _seed(self.cfg.seed, step, rnd), first=offset)
                      if need.rollouts else [[] for _ in examples])
+        lps = getattr(self.sampler, "last_logprobs", None) if need.rollouts else None
+        for g, group_lps in enumerate(lps or []):
+            self.behavior.update({(g + offset, j): lp for j, lp in enumerate(group_lps)})
         raw = []
         for g, (e, p, cs) in enumerate(zip(examples, prompts, comps)):
             raw += [(e, p, c, False, j, g + offset) for j, c in enumerate(cs)]
@@ -262,24 +276,28 @@ class Trainer:
         """Old log-probs/values → Batch → per mini-batch: plan once, micro-batches, one
         optimizer step. Returns train/grad metrics; fills ``gates`` (group → "sft"/"rl")."""
         m = defaultdict(float)
-        if not rows:
+        if not self.dist.all_true(bool(rows)):  # with several ranks: any rank empty skips
             m[records.TRAIN_SKIPPED] = 1.0
             return dict(m)
         with self.timers("train"):
             packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows],
                           self.tok.pad_token_id)
             old = self.score_no_grad(packed, stage.critic)
-            if not bool(torch.isfinite(old.logp).all()):
+            if not self.dist.all_true(bool(torch.isfinite(old.logp).all())):
                 return self.skip_nonfinite(m, "log-probs of the batch are not finite")
             full = batching.to_batch(rows, old.logp, packed.mask, old.values,
                                      self.reference.logp(packed))
+            if self.behavior:
+                full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
             m[records.TRAIN_ENTROPY] = float((old.entropy * packed.mask).sum() / packed.mask.sum())
+            k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
             for epoch in range(stage.epochs):
-                for mb in batching.minibatches(rows, self.cfg.mini_batches, gen):
+                for mb in batching.minibatches(rows, k, gen):
                     if not self.optimise(stage, packed, full, mb, m, gates):
                         return self.skip_nonfinite(m, "the loss is not finite")
             self.scheduler.step()
+        m[records.TRAIN_LOSS] = self.dist.total(m[records.TRAIN_LOSS])  # the global surrogate
         self.bad_in_row = 0
         m[records.TRAIN_LR] = self.scheduler.get_last_lr()[0]
         if gates:  # only gated (Hybrid) estimators decide per prompt
@@ -291,12 +309,13 @@ class Trainer:
         """One optimizer step on mini-batch ``mb``: plan on it once, then accumulate gradients
         over micro-batches. Returns False on a non-finite loss (gradients discarded)."""
         sub = full.select(mb)
-        plan = stage.est.plan(sub)
+        plan = stage.est.plan(sub, all_reduce=self.dist.reducer)
         trained = _trained_rows(plan)
         returns = stage.est.advantage.advantages_and_returns(sub)[1] if stage.critic else None
-        n_tok = (sub.mask[trained].sum()).clamp_min(1)
+        n_tok = self.dist.sum_tensor(sub.mask[trained].sum()).clamp_min(1)
         _gate_metrics(sub, trained, m)
         gates.update({d["group"]: "sft" if d["beta"] > 0 and d["alpha"] == 0 else "rl" for d in plan.gate})
+        finite = True
         for micro in batching.chunks(trained, self.cfg.micro_batch):
             rows_idx = mb[micro]
             part = _select_packed(packed, rows_idx)
@@ -313,13 +332,16 @@ class Trainer:
                 loss = loss + self.cfg.value_coef * vloss
                 m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
             if not bool(torch.isfinite(loss)):
-                self.optimizer.zero_grad(set_to_none=True)
-                return False
+                finite = False
+                break
             loss.backward()
             m[records.TRAIN_LOSS] += loss.item()
             kl = out.stats.get("kl", out.stats.get("rl/kl"))
             if kl is not None:
                 m[records.TRAIN_KL] = kl
+        if not self.dist.all_true(finite):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         norm, skipped = self.optimizer_step()
         m[records.GRAD_NORM] = norm
         m[records.TRAIN_SKIPPED] = max(m[records.TRAIN_SKIPPED], float(skipped))
@@ -328,6 +350,7 @@ class Trainer:
     def optimizer_step(self) -> tuple[float, bool]:
         """Clip the gradient norm; skip the step when it is not finite or > max_grad_norm."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.dist.sum_grads(params)  # each rank's loss is its share of the global surrogate
         norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
         skipped = not math.isfinite(norm) or norm > self.cfg.max_grad_norm
         if not skipped:
@@ -369,7 +392,7 @@ class Trainer:
             res, gens = evaluate.evaluate(
                 self.sampler, self.tok, self.eval_examples, self.reward_fn, cfg.eval_k,
                 cfg.eval_temperature, cfg.eval_top_p, cfg.max_new_tokens,
-                _seed(cfg.seed, step, 7), lambda e: base.prompt_ids(self.tok, list(e.messages)))
+                _seed(cfg.seed, step, 7), self.prompt_fn)
         self.writer.log_eval(res.rows(step, self.benchmark))
         self.writer.log_generations(self.benchmark, [{"step": step, **g} for g in gens])
         metrics = res.metrics()
@@ -385,17 +408,17 @@ class Trainer:
         """One samples.jsonl row per generated sequence (``kept``: trained this step); ``gates``
         maps group → "sft"/"rl", or is one label for every row."""
         kept_ids = {id(r) for r in kept}
-        self.writer.log_samples([
+        self.writer.log_samples(self.dist.gather([
             {"step": step, "prompt_id": r.example.uid, "sample_idx": r.sample_idx,
              "source": r.source, "reward": r.reward, "correct": r.correct,
              "n_tokens": len(r.response_ids),
              "gate": gates.get(r.group, "rl") if isinstance(gates, dict) else gates,
              "level": r.example.level,
-             "group": r.group, "kept": id(r) in kept_ids} for r in generated])
+             "group": r.group, "kept": id(r) in kept_ids} for r in generated]))
 
     def save(self, step: int) -> None:
         with self.timers("checkpoint"):
-            checkpoint.save(self.run_dir, step, self.model, self.tok, self.critic, self.optimizer,
+            self.save_checkpoint(self.run_dir, step, self.model, self.tok, self.critic, self.optimizer,
                             self.scheduler, {"data": self.stream.cursor,
                                              "demos_truncated": self.demos_truncated},
                             keep=self.cfg.keep_checkpoints)
@@ -405,6 +428,17 @@ class Trainer:
 
 def _seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2 ** 31 - 1)
+
+
+def _behavior_logp(rows: list[Row], logp_old: torch.Tensor, table: dict) -> torch.Tensor:
+    """[B,T] behaviour log-probs: the engine's where it returned them, else π_θold's (ratio 1)."""
+    out = logp_old.detach().clone()
+    for i, r in enumerate(rows):
+        lp = None if r.is_demo else table.get((r.group, r.sample_idx))
+        if lp is not None:
+            n = min(len(lp), out.shape[1])
+            out[i, :n] = torch.tensor(lp[:n], dtype=out.dtype)
+    return out
 
 
 def _first_groups(rows: list[Row], k: int) -> list[Row]:
@@ -506,33 +540,55 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         torch.set_num_threads(cfg.threads)
     if cfg.resume:
         cfg = _resumed_config(cfg)
+    dist = distributed.make()
+    if dist.world > 1 and not cfg.seed_per_prompt:  # so that 1 and N processes sample alike
+        log(f"{dist.describe()}: --seed-per-prompt forced on (rollouts seeded per prompt)")
+        cfg = dataclasses.replace(cfg, seed_per_prompt=True)
+    if cfg.prompts_per_step < dist.world * cfg.mini_batches:
+        raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} is too small for "
+                         f"{dist.world} processes x --mini-batches {cfg.mini_batches}")
     stages = make_stages(cfg)
     with timers("base model"):
         model_path = cfg.model or str(base.ensure_base(rebuild=cfg.rebuild_base, log=log))
+        model_path = engines.edited_model_dir(model_path, cfg)  # rope_theta / max positions
     with timers("setup"):
         torch.manual_seed(cfg.seed)
         tok = load_tokenizer(model_path)
         model = load_model(model_path, cfg.lora_r, cfg.lora_alpha)
         model.train()
+        dist.sync_params(list(model.parameters()))
         critic = (ValueHead(model.config.hidden_size)
                   if any(s.critic for s in stages) else None)
         params = [p for p in model.parameters() if p.requires_grad]
         params += list(critic.parameters()) if critic is not None else []
+        dist.sync_params(params)
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         sched = make_schedule(opt, cfg)
         reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
         run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.runs_dir) / (
             cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-        writer = records.RunWriter(run_dir)
+        run_dir = Path(distributed_run_dir(dist, str(run_dir)))
+        writer = records.RunWriter(run_dir) if dist.is_main else distributed.NullWriter()
         trainer = Trainer(cfg, run_dir, writer, model, tok, critic, reference,
-                          HFSampler(model, tok.eos_token_id, tok.pad_token_id),
+                          engines.make_sampler(cfg, model, tok, model_path),
                           reward_fn or BoxedReward(time_limit=cfg.verifier_timeout), stages,
-                          _stream(cfg), _eval_examples(cfg), opt, sched, timers)
+                          _stream(cfg), _eval_examples(cfg), opt, sched, timers, dist=dist,
+                          prompt_fn=engines.make_prompt_fn(cfg, tok),
+                          save_checkpoint=checkpoint.save if dist.is_main else _no_save)
     if cfg.resume:
         _restore(trainer)
     else:
-        writer.write_config(_config_record(cfg, stages, model_path))
+        writer.write_config({**_config_record(cfg, stages, model_path), "world_size": dist.world})
     return trainer
+
+
+def distributed_run_dir(dist, run_dir: str) -> str:
+    """Rank 0's run directory on every rank (its name holds rank 0's clock)."""
+    return dist.gather([run_dir])[0]
+
+
+def _no_save(*args, **kwargs) -> None:
+    """Checkpoints are written by rank 0 only."""
 
 
 def _config_record(cfg: RunConfig, stages: list, model_path: str) -> dict:
@@ -579,6 +635,7 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
         close = getattr(trainer.reward_fn, "close", None)
         if close:
             close()
+        trainer.dist.close()
     _report(trainer, last, time.time() - t0)
     return trainer
 
