@@ -11,8 +11,9 @@ import pytest
 from training import benchmarks as bm
 
 DATA = bm.DEFAULT_DATA_DIR
-pytestmark = pytest.mark.skipif(not (DATA / "PROVENANCE.md").is_file() and not bm.os.environ.get(bm.ENV_VAR),
-                                reason="evaluation data folder not present")
+from eval_data import needs_eval_data  # noqa: E402
+
+pytestmark = needs_eval_data
 
 
 def provenance() -> dict:

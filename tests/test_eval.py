@@ -10,8 +10,9 @@ from training import base
 from training import benchmarks as bm
 from training import eval as ev
 
-pytestmark = pytest.mark.skipif(not bm.DEFAULT_DATA_DIR.is_dir() and not bm.os.environ.get(bm.ENV_VAR),
-                                reason="evaluation data folder not present")
+from eval_data import needs_eval_data  # noqa: E402
+
+pytestmark = needs_eval_data
 
 
 @pytest.fixture(scope="module")

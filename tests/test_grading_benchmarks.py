@@ -28,8 +28,9 @@ from training import benchmarks as bm
 from training.grading import BenchmarkReward
 from training.reward import _verify, quick_check
 
-pytestmark = pytest.mark.skipif(not bm.DEFAULT_DATA_DIR.is_dir() and not bm.os.environ.get(bm.ENV_VAR),
-                                reason="evaluation data folder not present")
+from eval_data import needs_eval_data  # noqa: E402
+
+pytestmark = needs_eval_data
 
 KNOWN_SELF_FAILURES = {"minerva-72"}
 KNOWN_ACCEPTED = {"minerva-261", "olympiad-121", "olympiad-122"}
