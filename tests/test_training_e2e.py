@@ -221,19 +221,32 @@ def _final_accuracy(run_dir: Path) -> float:
     return metrics[max(metrics)]["eval/accuracy"]
 
 
+# The learning tests' own budget (default lr 3e-4). avg@k over 200 held-out problems ×
+# LEARN_EVAL_K=8 samples keeps the evaluation's own noise near 1 point (≈1.5 at eval_k=4).
+# Measured (docs/training.md, "Does training learn?"): at lr 1e-3 both presets fall *below* the
+# base (sft 26.7 → 19.5/18.3 in 40 steps, hpt 26.7 → 15.6 in 30); with this config (3e-4) sft
+# went 26.7/26.1 → 24.8/24.3 and hpt 26.7/26.1 → 20.5/22.7. The base ends a cosine-decayed pre-training on the same
+# demonstrations, so there is little left to gain in a few steps: these tests currently FAIL,
+# and they are kept failing on purpose rather than loosened.
+LEARN_EVAL_K = 8
+LEARN_ARGS = ["--steps", "40", "--prompts-per-step", "16", "--eval-k", str(LEARN_EVAL_K),
+              "--eval-every", "0", "--save-every", "0", "--progress", "false", "--threads", "1"]
+
+
 @pytest.mark.parametrize("preset", ["sft", "hpt"])
 def test_training_raises_held_out_accuracy_beyond_seed_noise(tmp_path, preset):
     """The embedded default base, a short run per seed: the trained accuracy beats the base
     model's by more than the seed-to-seed spread (of the base evaluated with 2 sampling seeds
-    and of the 2 training seeds)."""
+    and of the 2 training seeds). Base and trained are both measured here, so this can fail."""
     os.environ.pop("UPGE_CACHE", None)  # the real embedded base (cached after its first build)
     finals, bases = [], []
     for seed in (0, 1):
-        run.main([preset, "--seed", str(seed), "--steps", "80", "--eval-every", "0",
-                  "--save-every", "0", "--runs-dir", str(tmp_path), "--run-id", f"s{seed}",
-                  "--progress", "false", "--threads", "1"])
+        run.main([preset, "--seed", str(seed), "--runs-dir", str(tmp_path), "--run-id", f"s{seed}",
+                  *LEARN_ARGS])
         metrics, _ = read(tmp_path / f"s{seed}")
         bases.append(metrics[0]["eval/accuracy"])
         finals.append(_final_accuracy(tmp_path / f"s{seed}"))
     noise = max(abs(bases[0] - bases[1]), abs(finals[0] - finals[1]))
+    print(f"{preset}: base {bases}, trained {finals}, seed noise {noise:.3f}, "
+          f"margin {min(finals) - max(bases):.3f}")
     assert min(finals) - max(bases) > noise, (bases, finals)
