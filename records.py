@@ -318,6 +318,18 @@ def read_probes(run_dir: Path, probe: str | None = None) -> tuple[list[dict], No
     return rows, notes
 
 
+def git_commit(path: Path | str | None = None) -> str:
+    """The git commit of the checkout holding ``path`` (this file's by default), or "" outside
+    git; recorded in every run's config.json."""
+    import subprocess
+    cwd = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=cwd, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def files_signature(run_dir: Path) -> tuple:
     """(name, size, mtime) of every record file: a cache key that changes when a file does."""
     run_dir = Path(run_dir)

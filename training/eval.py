@@ -28,7 +28,6 @@ import math
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 import zlib
@@ -437,14 +436,6 @@ def _default_out(model: str) -> Path:
     return Path("runs") / f"eval-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def _versions() -> dict:
     import torch
     import transformers
@@ -500,7 +491,7 @@ def evaluate(args, log=print) -> dict:
                          "options": vars(args), "samples_per_problem": ns, "device": device,
                          "data_dir": str(data), "problems": {b: len(p) for b, p in problems.items()},
                          "files": {b: bm.BENCHMARKS[b].files[args.source][0] for b in names},
-                         "stop_ids": sorted(stops), "versions": _versions(), "git_commit": _git_commit()})
+                         "stop_ids": sorted(stops), "versions": _versions(), "git_commit": records.git_commit()})
     writer.set_status("running")
     log(f"evaluating {args.model} on {', '.join(names)} -> {out}")
     results = {}

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -502,14 +501,6 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def make_schedule(opt, cfg: RunConfig):
     """constant | cosine | linear decay after a linear warm-up (per training step)."""
     decay = {"constant": lambda f: 1.0, "cosine": lambda f: 0.5 * (1 + math.cos(math.pi * f)),
@@ -596,7 +587,7 @@ def _config_record(cfg: RunConfig, stages: list, model_path: str) -> dict:
             "estimator": {s.name: s.est.parts() for s in stages},
             "stages": [{"name": s.name, "first_step": s.first, "last_step": s.last} for s in stages],
             "model_path": model_path, "task_version": task.TASK_VERSION,
-            "versions": _versions(), "git_commit": _git_commit(), "command": sys.argv}
+            "versions": _versions(), "git_commit": records.git_commit(), "command": sys.argv}
 
 
 def _resumed_config(cfg: RunConfig) -> RunConfig:
