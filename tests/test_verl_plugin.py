@@ -19,6 +19,7 @@ if os.environ.get("UPGE_REQUIRE_VERL") == "1":
 ca = pytest.importorskip("verl.trainer.ppo.core_algos")
 plugin = pytest.importorskip("integrations.verl")
 from verl.workers.config.actor import ActorConfig  # noqa: E402
+from test_estimators_verl_parity import tensors as parity_batch  # noqa: E402
 
 DT = torch.float64
 
@@ -31,14 +32,9 @@ def actor_config(eps_high=0.2, **global_info):
 
 
 def tensors(B=12, T=7, G=4, seed=0, stale=0.1):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, T + 1, (B,), generator=g)
-    mask = (torch.arange(T)[None] < lengths[:, None]).to(DT)
-    logp = (-torch.rand(B, T, generator=g, dtype=DT) * 2 - 0.05).requires_grad_()
-    old = logp.detach() + stale * torch.randn(B, T, generator=g, dtype=DT)
-    reward = torch.randint(0, 2, (B,), generator=g).to(DT)
-    reward[:G] = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    return logp, old, mask, reward, torch.arange(B) // G
+    """The parity tests' random tensors, unpacked as verl's functions take them."""
+    b = parity_batch(B=B, T=T, G=G, seed=seed, stale=stale)
+    return b.logp, b.logp_old, b.mask, b.reward, b.group
 
 
 def ours(name, logp, old, mask, reward, group):
