@@ -79,7 +79,8 @@ class Output:
 def _normaliser(reduction, mask: Tensor, rows: Tensor, all_reduce) -> Tensor:
     count = reduction.count(mask, rows)
     if count is None:
-        return torch.tensor(getattr(reduction, "scale", lambda: 1.0)(), dtype=mask.dtype)
+        return torch.tensor(getattr(reduction, "scale", lambda: 1.0)(), dtype=mask.dtype,
+                            device=mask.device)
     count = all_reduce(count) if all_reduce else count
     return count.clamp_min(1) * (reduction.scale() if hasattr(reduction, "scale") else 1.0)
 

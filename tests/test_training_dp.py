@@ -1,4 +1,5 @@
-"""Data parallelism: 2 processes (torchrun, gloo) = 1 process with the same global batch.
+"""Data parallelism: 2 processes (torchrun or accelerate launch, gloo) = 1 process with the same
+global batch.
 
 Slow (two real subprocess runs of a tiny model): ``pytest -m slow tests/test_training_dp.py``.
 """
@@ -42,16 +43,27 @@ def _samples(run_dir: Path) -> dict:
     return {(r["step"], r["prompt_id"], r["sample_idx"]): (r["n_tokens"], r["reward"]) for r in rows}
 
 
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_port", "29517"],
+    # accelerate's multi-process launcher; on a CPU-only machine it runs torchrun and the
+    # trainer picks gloo (`accelerate launch --cpu` would start a single process without MPI)
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", "29518"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 @pytest.mark.parametrize("preset", ["hpt"])
-def test_two_processes_equal_one(tmp_path, preset):
+def test_two_processes_equal_one(tmp_path, preset, launcher):
     env = dict(os.environ, UPGE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     os.environ["UPGE_CACHE"] = env["UPGE_CACHE"]
     model = str(base.ensure_base(TINY, log=lambda s: None))
     one = subprocess.run([sys.executable, "-m", "training.run", *_args(model, tmp_path, "one", preset)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "training.run",
+    two = subprocess.run([*LAUNCHERS[launcher], "-m", "training.run",
                           *_args(model, tmp_path, "two", preset)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -316,3 +316,24 @@ def test_char_tokenizer_round_trips_through_autotokenizer(tmp_path):
     msgs = [{"role": "user", "content": p.prompt}]
     assert base.prompt_ids(loaded, msgs) == base.prompt_ids(tok, msgs)
     assert loaded.decode(base.prompt_ids(tok, msgs)) == f"<|user|>{p.prompt}<|assistant|>"
+
+
+def test_device_choice_and_its_errors(monkeypatch):
+    from training.policy import pack
+    from training.run import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")
+    with pytest.raises(SystemExit, match="sees no CUDA GPU; use --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(SystemExit, match="--device must be auto, cpu, cuda or cuda:N, got 'tpu'"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+    class Rank:  # a data-parallel rank owns the GPU of its LOCAL_RANK
+        device = torch.device("cuda", 3)
+    assert resolve_device("auto", Rank()) == torch.device("cuda", 3)
+    p = pack([[1, 2], [3]], [[4], [5, 6]], pad_id=0).to("cpu")
+    assert p.ids.tolist() == [[1, 2, 4, 0], [0, 3, 5, 6]] and p.prompt_width == 2

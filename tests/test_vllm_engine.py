@@ -131,6 +131,18 @@ def test_generation_works_and_is_seeded(env):
 
 
 @pytest.mark.vllm
+def test_per_prompt_seeds_in_one_call_equal_one_call_per_prompt(env):
+    from training.engines import SeededSampler
+
+    tok, model, sampler = env
+    prompts = _prompts(tok, 6, seed=13)
+    one = SeededSampler(sampler, per_prompt=True).generate(prompts, 3, 1.0, 1.0, MAX_NEW, 40, first=2)
+    each = [sampler.generate([p], 3, 1.0, 1.0, MAX_NEW, 40 + 2 + i)[0] for i, p in enumerate(prompts)]
+    assert one == each
+    assert len({tuple(map(tuple, c)) for c in one}) > 1  # prompts really differ
+
+
+@pytest.mark.vllm
 def test_full_weight_sync_matches_hf(env):
     tok, model, sampler = env
     prompts = _prompts(tok, 8)

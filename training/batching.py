@@ -153,10 +153,11 @@ def group_filter(t: TrainerSteps) -> Callable[[list[Row]], list[Row]]:
 def to_batch(rows: list[Row], logp, mask, values: Optional[torch.Tensor] = None,
              logp_ref: Optional[torch.Tensor] = None) -> Batch:
     """The estimator's Batch for ``rows`` (``logp`` also serves as π_θold: no-grad forward)."""
+    dev = logp.device
     return Batch(logp=logp, mask=mask,
-                 reward=torch.tensor([r.reward for r in rows], dtype=logp.dtype),
-                 group=torch.tensor([r.group for r in rows], dtype=torch.long),
-                 is_demo=torch.tensor([r.is_demo for r in rows], dtype=torch.bool),
+                 reward=torch.tensor([r.reward for r in rows], dtype=logp.dtype, device=dev),
+                 group=torch.tensor([r.group for r in rows], dtype=torch.long, device=dev),
+                 is_demo=torch.tensor([r.is_demo for r in rows], dtype=torch.bool, device=dev),
                  logp_old=logp.detach(), values=values, logp_ref=logp_ref)
 
 

@@ -25,7 +25,9 @@ ZERO_TEMPLATE = ("Question:\n{q}\nPlease reason step by step, and put your final
 class SeededSampler:
     """``generate(prompts, n, ..., seed, first=0)``. With ``per_prompt`` prompt i is sampled
     alone with seed ``seed + first + i`` (``first`` = index of prompts[0] in the step's global
-    batch); otherwise the whole list is one call seeded with ``seed`` (faster batching).
+    batch); otherwise the whole list is one call seeded with ``seed`` (faster batching). An
+    engine that seeds each request itself (``seeds_per_prompt``: vLLM) gets every prompt's seed
+    in one call instead of one call per prompt.
     ``last_logprobs``: the engine's behaviour log-probs [i][j][t] when it returns them."""
 
     inner: object
@@ -37,10 +39,15 @@ class SeededSampler:
             comps = self.inner.generate(prompts, n, temperature, top_p, max_new_tokens, seed)
             self.last_logprobs = getattr(self.inner, "last_logprobs", None)
             return comps
+        seeds = [(seed + first + i) % (2 ** 31 - 1) for i in range(len(prompts))]
+        if getattr(self.inner, "seeds_per_prompt", False):
+            comps = self.inner.generate(prompts, n, temperature, top_p, max_new_tokens, seed,
+                                        prompt_seeds=seeds)
+            self.last_logprobs = getattr(self.inner, "last_logprobs", None)
+            return comps
         comps, lps = [], []
         for i, p in enumerate(prompts):
-            comps += self.inner.generate([p], n, temperature, top_p, max_new_tokens,
-                                         (seed + first + i) % (2 ** 31 - 1))
+            comps += self.inner.generate([p], n, temperature, top_p, max_new_tokens, seeds[i])
             lp = getattr(self.inner, "last_logprobs", None)
             lps += lp if lp is not None else [None]
         self.last_logprobs = lps if lps and all(x is not None for x in lps) else None

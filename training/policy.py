@@ -33,6 +33,10 @@ class Packed:
     def width(self) -> int:
         return int(self.mask.shape[1])
 
+    def to(self, device) -> "Packed":
+        return Packed(self.ids.to(device), self.attention.to(device), self.positions.to(device),
+                      self.mask.to(device), self.prompt_width)
+
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
          width: Optional[int] = None) -> Packed:
@@ -89,16 +93,23 @@ def score(model, packed: Packed, value_head: Optional[ValueHead] = None) -> Scor
     entropy = -(logprobs.exp() * logprobs).sum(-1) * packed.mask
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:, P - 1:P + T - 1]) * packed.mask
+        values = value_head(out.hidden_states[-1][:, P - 1:P + T - 1].float()) * packed.mask
     return Scored(logp, entropy, values)
 
 
-def load_model(path: str, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0):
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(path: str, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
+               dtype: str = "float32"):
     """An HF causal LM from a local path (offline), full-parameter or wrapped with a LoRA adapter
-    on every attention/MLP projection (peft). fp32, eager attention."""
+    on every attention/MLP projection (peft). Eager attention; ``dtype`` float32 | bfloat16 |
+    float16 (log-probs are always computed in float32)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype],
                                                  attn_implementation="eager")
     if lora_r > 0:
         from peft import LoraConfig, get_peft_model

@@ -69,6 +69,7 @@ class HFSampler:
 
     def _generate(self, seqs, temperature, top_p, max_new_tokens):
         ids, att = left_pad(seqs, self.pad_id)
+        ids, att = ids.to(self.model.device), att.to(self.model.device)
         greedy = temperature <= 0
         gen = self.model.generate(
             input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,

@@ -251,13 +251,17 @@ class VLLMSampler:
             skip_special_tokens=False)
 
     def generate_with_logprobs(self, prompts_token_ids, n, temperature, top_p, max_new_tokens,
-                               seed):
+                               seed, prompt_seeds=None):
         """(completions[i][j] token ids, logprobs[i][j][t]): ``n`` samples per prompt, each a
         separate request seeded from ``seed`` and its index, so a step's rollouts depend only on
-        (weights, prompts, seed)."""
+        (weights, prompts, seed). With ``prompt_seeds``, sample j of prompt i is seeded from
+        (prompt_seeds[i], j) instead — exactly what calling with prompt i alone and seed
+        prompt_seeds[i] gives, in one engine call."""
         flat = [p for p in prompts_token_ids for _ in range(n)]
-        params = [self._sampling_params(temperature, top_p, max_new_tokens, _request_seed(seed, k))
-                  for k in range(len(flat))]
+        seeds = ([_request_seed(s, j) for s in prompt_seeds for j in range(n)]
+                 if prompt_seeds is not None else
+                 [_request_seed(seed, k) for k in range(len(flat))])
+        params = [self._sampling_params(temperature, top_p, max_new_tokens, s) for s in seeds]
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in flat], params,
                                  use_tqdm=False, lora_request=self._lora)
         ids, lps = [], []
@@ -269,11 +273,15 @@ class VLLMSampler:
         shape = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompts_token_ids))]
         return shape(ids), shape(lps)
 
-    def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
-        """The ``Sampler`` call; the sampled tokens' log-probs are kept in ``last_logprobs``."""
+    def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed,
+                 prompt_seeds=None):
+        """The ``Sampler`` call; the sampled tokens' log-probs are kept in ``last_logprobs``.
+        ``prompt_seeds``: one seed per prompt (see `generate_with_logprobs`)."""
         comps, self.last_logprobs = self.generate_with_logprobs(
-            prompts_token_ids, n, temperature, top_p, max_new_tokens, seed)
+            prompts_token_ids, n, temperature, top_p, max_new_tokens, seed, prompt_seeds)
         return comps
+
+    seeds_per_prompt = True  # `SeededSampler` may pass ``prompt_seeds`` (one engine call)
 
     # --- weight sync --------------------------------------------------------------------------
     def sync_weights(self, model) -> None:
