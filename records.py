@@ -28,6 +28,8 @@ Metric names (namespaced; defined here once and used everywhere):
 ``train/kl``                      mean KL estimate to the reference policy (when used)
 ``train/skipped``                 1 when the optimizer step was skipped (non-finite/oversized)
 ``train/value_loss``              critic loss (PPO)
+``train/demo_nll``                mean per-token NLL of the step's demonstrations before the update
+                                  (the SFT loss; the surrogate's value says nothing for SFT)
 ``rollout/reward``                mean reward of the on-policy rollouts
 ``rollout/accuracy``              fraction of rollouts judged correct
 ``rollout/response_length``       mean response length in tokens
@@ -68,6 +70,7 @@ TRAIN_ENTROPY = "train/entropy"
 TRAIN_KL = "train/kl"
 TRAIN_SKIPPED = "train/skipped"
 TRAIN_VALUE_LOSS = "train/value_loss"
+TRAIN_DEMO_NLL = "train/demo_nll"
 ROLLOUT_REWARD = "rollout/reward"
 ROLLOUT_ACCURACY = "rollout/accuracy"
 ROLLOUT_LENGTH = "rollout/response_length"

@@ -39,7 +39,7 @@ class RunConfig:
     # optimisation
     lr: float = _f(3e-4, "peak learning rate (AdamW)")
     schedule: str = _f("constant", "learning-rate schedule: constant | cosine | linear")
-    warmup_steps: int = _f(0, "linear warm-up steps")
+    warmup_steps: int = _f(5, "linear warm-up steps (a fresh AdamW's first updates are ±lr on every parameter)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     grad_clip: float = _f(1.0, "clip the gradient norm to this value")
     max_grad_norm: float = _f(80.0, "skip the optimizer step when the pre-clip norm exceeds this (or is not finite)")

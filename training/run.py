@@ -290,6 +290,9 @@ class Trainer:
                 full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
             m[records.TRAIN_ENTROPY] = float((old.entropy * packed.mask).sum() / packed.mask.sum())
+            demo = full.is_demo[:, None] * packed.mask
+            if bool(demo.any()):
+                m[records.TRAIN_DEMO_NLL] = float(-(old.logp * demo).sum() / demo.sum())
             k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
             for epoch in range(stage.epochs):
                 for mb in batching.minibatches(rows, k, gen):
