@@ -1,5 +1,5 @@
-"""Data parallelism: 2 processes (torchrun or accelerate launch, gloo) = 1 process with the same
-global batch.
+"""Data parallelism: 2 processes (torchrun or accelerate launch, gloo; plain data parallel or
+FSDP2-sharded) = 1 process with the same global batch.
 
 Slow (two real subprocess runs of a tiny model): ``pytest -m slow tests/test_training_dp.py``.
 """
@@ -54,9 +54,11 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+@pytest.mark.parametrize("launcher, extra", [("torchrun", ()), ("accelerate", ()),
+                                             ("torchrun", ("--fsdp", "true"))],
+                         ids=["torchrun", "accelerate", "torchrun-fsdp"])
 @pytest.mark.parametrize("preset", ["hpt"])
-def test_two_processes_equal_one(tmp_path, preset, launcher):
+def test_two_processes_equal_one(tmp_path, preset, launcher, extra):
     env = dict(os.environ, UPGE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
     os.environ["UPGE_CACHE"] = env["UPGE_CACHE"]
     model = str(base.ensure_base(TINY, log=lambda s: None))
@@ -64,7 +66,7 @@ def test_two_processes_equal_one(tmp_path, preset, launcher):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([*LAUNCHERS[launcher], "-m", "training.run",
-                          *_args(model, tmp_path, "two", preset)],
+                          *_args(model, tmp_path, "two", preset), *extra],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _samples(tmp_path / "one") == _samples(tmp_path / "two")  # same rollouts per prompt

@@ -43,24 +43,43 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(run_dir, step: int, model, tok, value_head, optimizer, scheduler, cursor: dict,
-         keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically (temp dir + rename) and prune old ones."""
+         keep: int = 2, full_state: Optional[tuple] = None) -> Path:
+    """Write checkpoint ``step`` atomically (temp dir + rename) and prune old ones.
+    ``full_state``: (model, optimizer) state dicts already gathered from FSDP shards."""
     root = Path(run_dir) / records.CHECKPOINTS
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "model")
+    if full_state is None:
+        model.save_pretrained(tmp / "model")
+    else:
+        # gathered copies no longer share storage: drop the tied ones, as save_pretrained does
+        tied = getattr(model, "all_tied_weights_keys", None) or {}
+        state = {k: v for k, v in full_state[0].items() if k not in tied}
+        model.save_pretrained(tmp / "model", state_dict=state)
+        _plain_architecture(tmp / "model" / "config.json")
     tok.save_pretrained(tmp / "model")
     if value_head is not None:
         save_file(value_head.state_dict(), str(tmp / "value_head.safetensors"))
-    torch.save({"step": step, "cursor": cursor, "optimizer": optimizer.state_dict(),
+    optimizer_state = optimizer.state_dict() if full_state is None else full_state[1]
+    torch.save({"step": step, "cursor": cursor, "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(), "rng": rng_state()}, tmp / STATE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in all_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _plain_architecture(config_path: Path) -> None:
+    """FSDP2 renames the model class (``FSDPLlamaForCausalLM``); the saved config names the
+    plain one, which transformers and vLLM know."""
+    import json
+
+    cfg = json.loads(config_path.read_text())
+    cfg["architectures"] = [a.removeprefix("FSDP") for a in cfg.get("architectures") or []]
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def all_checkpoints(run_dir) -> list[Path]:

@@ -51,6 +51,9 @@ class SingleProcess:
     def smallest(self, x: int) -> int:
         return int(x)
 
+    def largest(self, x: int) -> int:
+        return int(x)
+
     def all_true(self, ok: bool) -> bool:
         return bool(ok)
 
@@ -104,6 +107,9 @@ class TorchDistributed:
         self._d.all_reduce(buf, op=self._d.ReduceOp.MIN)
         return int(buf)
 
+    def largest(self, x: int) -> int:
+        return -self.smallest(-int(x))
+
     def all_true(self, ok: bool) -> bool:
         return self.total(0.0 if ok else 1.0) == 0.0
 
@@ -122,7 +128,9 @@ class TorchDistributed:
 
     # -- parameters --------------------------------------------------------------------------
     def sum_grads(self, params: list) -> None:
-        """Sum gradients over ranks in one flat buffer (a missing grad counts as zero)."""
+        """Sum gradients over ranks in one flat buffer (a missing grad counts as zero).
+        FSDP-sharded parameters are skipped: FSDP has already reduce-scattered theirs."""
+        params = [p for p in params if not is_sharded(p)]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if not grads:
             return
@@ -136,9 +144,11 @@ class TorchDistributed:
             i += n
 
     def sync_params(self, params: list) -> None:
-        """Start every rank from rank 0's weights."""
+        """Start every rank from rank 0's weights (FSDP shards were made from synced weights)."""
         with torch.no_grad():
             for p in params:
+                if is_sharded(p):
+                    continue
                 buf = p.data.to(self.device)
                 self._d.broadcast(buf, 0)
                 p.data.copy_(buf.to(p.device))
@@ -167,3 +177,40 @@ class NullWriter:
 
     def __getattr__(self, name):
         return lambda *a, **k: None
+
+
+# ----------------------------------------------------------------------------------- FSDP
+
+def is_sharded(p) -> bool:
+    """True for a parameter that FSDP2 has turned into a sharded ``DTensor``."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
+
+
+def shard(model):
+    """FSDP2 (``torch.distributed.fsdp.fully_shard``): each decoder layer, then the root, so
+    parameters, gradients and optimizer state are split over the ranks. FSDP *averages*
+    gradients over ranks while each rank's loss is its share of the global surrogate (whose
+    gradient is the sum), so the trainer multiplies the loss by the world size under FSDP (a
+    divide factor of 1 would need ReduceOp.PREMUL_SUM, which gloo lacks). Transformers'
+    ``generate`` then runs with
+    ``synced_gpus`` (every rank keeps stepping until all are done), since each forward pass
+    all-gathers the layers' weights."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in list(model.modules()):
+        if type(module).__name__.endswith("DecoderLayer"):
+            fully_shard(module)
+    fully_shard(model)
+    model._is_fsdp_managed_module = True  # read by transformers' generate (synced_gpus)
+    return model
+
+
+def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
+    """(model, optimizer) state dicts gathered in full onto rank 0's CPU (empty elsewhere); a
+    collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer,
+                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))

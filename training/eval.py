@@ -218,6 +218,10 @@ class OnDevice:
     def training(self) -> bool:
         return self.model.training
 
+    @property
+    def device(self):
+        return self.model.device
+
     def eval(self):
         self.model.eval()
         return self

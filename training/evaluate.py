@@ -1,7 +1,7 @@
 """Held-out evaluation: avg@k and unbiased pass@k per level and overall.
 
-pass@k (Chen et al. 2021, arXiv 2107.03374) from n samples with c correct, in the numerically
-stable product form  pass@k = 1 − Π_{i=n−c+1..n} (1 − k/i)  (= 1 − C(n−c, k)/C(n, k)).
+pass@k (Chen et al. 2021, arXiv 2107.03374) from n samples with c correct is
+`probes.passk.pass_at_k` (the stable product form 1 − Π_{i=n−c+1..n} (1 − k/i)).
 """
 from __future__ import annotations
 
@@ -9,18 +9,7 @@ import math
 from dataclasses import dataclass
 
 import records
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from ``n`` samples with ``c`` correct (requires 1 ≤ k ≤ n)."""
-    if not 1 <= k <= n or not 0 <= c <= n:
-        raise ValueError(f"pass_at_k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    prod = 1.0
-    for i in range(n - c + 1, n + 1):
-        prod *= 1.0 - k / i
-    return 1.0 - prod
+from probes.passk import pass_at_k  # noqa: F401  (one implementation, re-exported here)
 
 
 def ks_up_to(n: int) -> list[int]:

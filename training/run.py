@@ -176,6 +176,12 @@ class Trainer:
     prompt_fn: Optional[Callable] = None          # Example -> prompt token ids
     save_checkpoint: Callable = checkpoint.save   # rank 0; a no-op on the other ranks
     behavior: dict = field(default_factory=dict)  # (group, sample_idx) -> engine log-probs
+    sharded: bool = False                         # FSDP: parameters split over the ranks
+
+    @property
+    def loss_scale(self) -> float:
+        """World size under FSDP (it averages gradients; the global surrogate sums them)."""
+        return float(self.dist.world) if self.sharded else 1.0
     step: int = 0
     bad_in_row: int = 0
     demos_truncated: int = 0
@@ -289,10 +295,7 @@ class Trainer:
             if self.behavior:
                 full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
-            m[records.TRAIN_ENTROPY] = float((old.entropy * packed.mask).sum() / packed.mask.sum())
-            demo = full.is_demo[:, None] * packed.mask
-            if bool(demo.any()):
-                m[records.TRAIN_DEMO_NLL] = float(-(old.logp * demo).sum() / demo.sum())
+            m.update(self.token_means(old, packed.mask, full.is_demo))
             k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
             for epoch in range(stage.epochs):
                 for mb in batching.minibatches(rows, k, gen):
@@ -302,9 +305,21 @@ class Trainer:
         m[records.TRAIN_LOSS] = self.dist.total(m[records.TRAIN_LOSS])  # the global surrogate
         self.bad_in_row = 0
         m[records.TRAIN_LR] = self.scheduler.get_last_lr()[0]
-        if gates:  # only gated (Hybrid) estimators decide per prompt
-            m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in gates.values()) / len(gates)
+        decisions = self.dist.gather(list(gates.values()))  # every rank's prompts
+        if decisions:  # only gated (Hybrid) estimators decide per prompt
+            m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in decisions) / len(decisions)
         return dict(m)
+
+    def token_means(self, old, mask: torch.Tensor, is_demo: torch.Tensor) -> dict:
+        """train/entropy over every response token and train/demo_nll over demonstration
+        tokens, both over all ranks' rows."""
+        demo = is_demo[:, None] * mask
+        ent, n, nll, n_demo = (self.dist.total(float(x)) for x in (
+            (old.entropy * mask).sum(), mask.sum(), -(old.logp * demo).sum(), demo.sum()))
+        out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
+        if n_demo > 0:
+            out[records.TRAIN_DEMO_NLL] = nll / n_demo
+        return out
 
     def optimise(self, stage: Stage, packed: Packed, full, mb: torch.Tensor, m: dict,
                  gates: dict) -> bool:
@@ -318,7 +333,10 @@ class Trainer:
         _gate_metrics(sub, trained, m)
         gates.update({d["group"]: "sft" if d["beta"] > 0 and d["alpha"] == 0 else "rl" for d in plan.gate})
         finite = True
-        for micro in batching.chunks(trained, self.cfg.micro_batch):
+        for micro in self.micro_batches(trained):
+            if micro is None:  # FSDP: this rank has fewer micro-batches than another
+                self.zero_pass(packed, grad=True)
+                continue
             rows_idx = mb[micro]
             part = _select_packed(packed, rows_idx)
             s = score(self.model, part, self.critic if stage.critic else None)
@@ -335,8 +353,11 @@ class Trainer:
                 m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
             if not bool(torch.isfinite(loss)):
                 finite = False
+                if self.sharded:  # keep every rank's backward passes (collectives) in step
+                    (s.logp.nan_to_num() * 0.0).sum().backward()
+                    continue
                 break
-            loss.backward()
+            (loss * self.loss_scale).backward()
             m[records.TRAIN_LOSS] += loss.item()
             kl = out.stats.get("kl", out.stats.get("rl/kl"))
             if kl is not None:
@@ -364,12 +385,31 @@ class Trainer:
         """π_θold log-probs (and old values) of every row, in micro-batches, without grad."""
         parts = []
         with torch.no_grad():
-            for idx in batching.chunks(torch.arange(packed.ids.shape[0]), self.cfg.micro_batch):
+            for idx in self.micro_batches(torch.arange(packed.ids.shape[0])):
+                if idx is None:
+                    self.zero_pass(packed, grad=False)
+                    continue
                 parts.append(score(self.model, _select_packed(packed, idx, trim=False),
                                    self.critic if critic else None))
         cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
         return type(parts[0])(cat([p.logp for p in parts]), cat([p.entropy for p in parts]),
                               cat([p.values for p in parts]))
+
+    def micro_batches(self, idx: torch.Tensor) -> list:
+        """``idx`` in chunks of ``--micro-batch``. Under FSDP every forward/backward pass
+        all-gathers weights, so all ranks must run the same number: a rank with fewer chunks
+        gets ``None`` entries (see `zero_pass`)."""
+        parts = batching.chunks(idx, self.cfg.micro_batch)
+        if self.sharded:
+            parts += [None] * (self.dist.largest(len(parts)) - len(parts))
+        return parts
+
+    def zero_pass(self, packed: Packed, grad: bool) -> None:
+        """A forward (and, with ``grad``, backward) pass on one row with zero weight: it takes
+        part in FSDP's collectives and adds nothing to the gradient."""
+        s = score(self.model, _select_packed(packed, torch.arange(1)))
+        if grad:
+            (s.logp.sum() * 0.0).backward()
 
     def skip_nonfinite(self, m: dict, why: str) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -423,10 +463,12 @@ class Trainer:
 
     def save(self, step: int) -> None:
         with self.timers("checkpoint"):
+            # FSDP: every rank takes part in gathering the full state; rank 0 writes it
+            full = distributed.full_state_dicts(self.model, self.optimizer) if self.sharded else None
             self.save_checkpoint(self.run_dir, step, self.model, self.tok, self.critic, self.optimizer,
-                            self.scheduler, {"data": self.stream.cursor,
-                                             "demos_truncated": self.demos_truncated},
-                            keep=self.cfg.keep_checkpoints)
+                                 self.scheduler, {"data": self.stream.cursor,
+                                                  "demos_truncated": self.demos_truncated},
+                                 keep=self.cfg.keep_checkpoints, full_state=full)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -555,6 +597,9 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, dtype=cfg.dtype).to(device)
         model.train()
         dist.sync_params(list(model.parameters()))
+        sharded = check_fsdp(cfg, dist, stages)
+        if sharded:
+            model = distributed.shard(model)
         critic = (ValueHead(model.config.hidden_size).to(device)
                   if any(s.critic for s in stages) else None)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -572,12 +617,34 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
                           reward_fn or BoxedReward(time_limit=cfg.verifier_timeout), stages,
                           _stream(cfg), _eval_examples(cfg), opt, sched, timers, dist=dist,
                           prompt_fn=engines.make_prompt_fn(cfg, tok),
-                          save_checkpoint=checkpoint.save if dist.is_main else _no_save)
+                          save_checkpoint=checkpoint.save if dist.is_main else _no_save,
+                          sharded=sharded)
     if cfg.resume:
         _restore(trainer)
     else:
         writer.write_config({**_config_record(cfg, stages, model_path), "world_size": dist.world})
     return trainer
+
+
+def check_fsdp(cfg: RunConfig, dist, stages: list) -> bool:
+    """Whether to shard the model with FSDP (``--fsdp`` with several processes); the
+    combinations not supported yet stop here with the reason."""
+    if not cfg.fsdp:
+        return False
+    unsupported = {
+        "--lora-r > 0 (LoRA adapters are small: plain data parallel is enough)": cfg.lora_r > 0,
+        "--rollout-engine vllm (the weight sync needs the gathered weights)": cfg.rollout_engine == "vllm",
+        "--kl-coef > 0 (the frozen reference copy is not sharded)": cfg.kl_coef > 0,
+        "a critic (ppo)": any(s.critic for s in stages),
+        "dynamic sampling (dapo: ranks would refill unevenly)": any(s.refill_rounds for s in stages),
+        "--resume (the optimizer state is saved gathered, not yet reloaded sharded)": bool(cfg.resume),
+        f"--prompts-per-step {cfg.prompts_per_step} not divisible by {dist.world} processes "
+        "(every rank must sample as many prompts)": cfg.prompts_per_step % max(dist.world, 1) != 0,
+    }
+    bad = [what for what, hit in unsupported.items() if hit]
+    if bad:
+        raise SystemExit("--fsdp does not support " + "; ".join(bad))
+    return dist.world > 1
 
 
 def resolve_device(name: str, dist=None) -> torch.device:
