@@ -24,7 +24,8 @@ Metric names (namespaced; defined here once and used everywhere):
 ================================  =========================================================
 ``train/loss``                    the surrogate's value (meaningless in itself)
 ``train/lr``                      learning rate of the step
-``train/entropy``                 mean token entropy of the trained rows
+``train/entropy``                 mean token entropy of the rows scored this step (single-pass
+                                  steps score only the trained rows)
 ``train/kl``                      mean KL estimate to the reference policy (when used)
 ``train/skipped``                 1 when the optimizer step was skipped (non-finite/oversized)
 ``train/value_loss``              critic loss (PPO)

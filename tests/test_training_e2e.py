@@ -6,7 +6,6 @@ NaN handling, LoRA/full checkpoints reloaded with plain transformers/peft, kill-
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -110,9 +109,14 @@ def test_dapo_drops_all_equal_groups(tiny_model, tmp_path):
     assert any(metrics[s]["rollout/all_equal_fraction"] > 0 for s in (1, 2))
 
 
+def alternating_reward(completions, ground_truth, **kw):
+    """0, 1, 0, 1, ... in sampling order: every group of an even n has both rewards."""
+    return [float(i % 2) for i in range(len(completions))]
+
+
 def test_ppo_value_loss_decreases_on_a_fixed_batch(tiny_model, tmp_path):
     cfg = run.parse_args(small("ppo", tiny_model, tmp_path, "--lr", "3e-3"))
-    t = run.build(cfg, reward_fn=parity_reward, log=lambda s: None)
+    t = run.build(cfg, reward_fn=alternating_reward, log=lambda s: None)
     stage = t.stages[0]
     rows, _, _ = t.collect(stage, 1)
     losses = [t.update(stage, rows, 1, {})["train/value_loss"] for _ in range(6)]

@@ -287,20 +287,27 @@ class Trainer:
         with self.timers("train"):
             packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows],
                           self.tok.pad_token_id).to(self.model.device)
-            old = self.score_no_grad(packed, stage.critic)
-            if not self.dist.all_true(bool(torch.isfinite(old.logp).all())):
-                return self.skip_nonfinite(m, "log-probs of the batch are not finite")
-            full = batching.to_batch(rows, old.logp, packed.mask, old.values,
-                                     self.reference.logp(packed))
-            if self.behavior:
-                full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
-            gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
-            m.update(self.token_means(old, packed.mask, full.is_demo))
             k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
+            sums = torch.zeros(4, dtype=torch.float64)  # entropy, tokens, demo NLL, demo tokens
+            one_pass = self.one_pass(stage, k)
+            if one_pass:  # π_θold = π_θ: the grad pass gives the old log-probs
+                full = batching.to_batch(rows, torch.zeros_like(packed.mask), packed.mask,
+                                         None, self.reference.logp(packed))
+            else:
+                old = self.score_no_grad(packed, stage.critic)
+                if not self.dist.all_true(bool(torch.isfinite(old.logp).all())):
+                    return self.skip_nonfinite(m, "log-probs of the batch are not finite")
+                full = batching.to_batch(rows, old.logp, packed.mask, old.values,
+                                         self.reference.logp(packed))
+                if self.behavior:
+                    full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
+                sums += _token_sums(old, packed.mask, full.is_demo)
+            gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
             for epoch in range(stage.epochs):
                 for mb in batching.minibatches(rows, k, gen):
-                    if not self.optimise(stage, packed, full, mb, m, gates):
+                    if not self.optimise(stage, packed, full, mb, m, gates, sums, one_pass):
                         return self.skip_nonfinite(m, "the loss is not finite")
+            m.update(self.token_means(sums))
             self.scheduler.step()
         m[records.TRAIN_LOSS] = self.dist.total(m[records.TRAIN_LOSS])  # the global surrogate
         self.bad_in_row = 0
@@ -310,21 +317,48 @@ class Trainer:
             m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in decisions) / len(decisions)
         return dict(m)
 
-    def token_means(self, old, mask: torch.Tensor, is_demo: torch.Tensor) -> dict:
-        """train/entropy over every response token and train/demo_nll over demonstration
-        tokens, both over all ranks' rows."""
-        demo = is_demo[:, None] * mask
-        ent, n, nll, n_demo = (self.dist.total(float(x)) for x in (
-            (old.entropy * mask).sum(), mask.sum(), -(old.logp * demo).sum(), demo.sum()))
+    def micro_loss(self, stage: Stage, b, plan, s, returns, n_tok, m: dict, sums):
+        """(loss, estimator output) of one micro-batch ``b`` scored as ``s`` (padded to the
+        batch width), with the critic's loss when there is one; (None, None) when the
+        log-probs or the loss are not finite. ``sums`` (a `one_pass` step): the scored
+        log-probs are also π_θold, and feed the entropy/NLL sums."""
+        if not bool(torch.isfinite(s.logp).all()):
+            return None, None
+        T = b.mask.shape[1]
+        b = b.replace(logp=F.pad(s.logp, (0, T - s.logp.shape[1])),
+                      entropy=F.pad(s.entropy, (0, T - s.entropy.shape[1])) if stage.entropy else None)
+        if sums is not None:
+            b = b.replace(logp_old=b.logp.detach())
+            sums += _token_sums(s, b.mask[:, :s.logp.shape[1]], b.is_demo)
+        out = stage.est(b, plan)
+        loss = out.loss
+        if stage.critic:
+            v = F.pad(s.values, (0, T - s.values.shape[1]))
+            vloss = 0.5 * (((v - returns) ** 2) * b.mask).sum() / n_tok
+            loss = loss + self.cfg.value_coef * vloss
+            m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
+        return (loss, out) if bool(torch.isfinite(loss)) else (None, None)
+
+    def one_pass(self, stage: Stage, k: int) -> bool:
+        """One epoch over one mini-batch, no critic, no engine log-probs: every row is scored
+        once with gradients, at θ = θ_old, so that pass also gives π_θold (as TRL does with
+        ``num_iterations=1``) and the separate no-grad scoring pass is skipped."""
+        return stage.epochs == 1 and k == 1 and not stage.critic and not self.behavior
+
+    def token_means(self, sums: torch.Tensor) -> dict:
+        """train/entropy over the response tokens scored this step and train/demo_nll over
+        their demonstration tokens, over all ranks (``sums`` from `_token_sums`)."""
+        ent, n, nll, n_demo = (self.dist.total(float(x)) for x in sums)
         out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
         if n_demo > 0:
             out[records.TRAIN_DEMO_NLL] = nll / n_demo
         return out
 
     def optimise(self, stage: Stage, packed: Packed, full, mb: torch.Tensor, m: dict,
-                 gates: dict) -> bool:
+                 gates: dict, sums: torch.Tensor, one_pass: bool) -> bool:
         """One optimizer step on mini-batch ``mb``: plan on it once, then accumulate gradients
-        over micro-batches. Returns False on a non-finite loss (gradients discarded)."""
+        over micro-batches. Returns False on a non-finite loss (gradients discarded). In a
+        `one_pass` step the micro-batches' own log-probs are π_θold and feed ``sums``."""
         sub = full.select(mb)
         plan = stage.est.plan(sub, all_reduce=self.dist.reducer)
         trained = _trained_rows(plan)
@@ -337,26 +371,17 @@ class Trainer:
             if micro is None:  # FSDP: this rank has fewer micro-batches than another
                 self.zero_pass(packed, grad=True)
                 continue
-            rows_idx = mb[micro]
-            part = _select_packed(packed, rows_idx)
+            part = _select_packed(packed, mb[micro])
             s = score(self.model, part, self.critic if stage.critic else None)
-            T = sub.mask.shape[1]
-            b = sub.select(micro).replace(
-                logp=F.pad(s.logp, (0, T - s.logp.shape[1])),
-                entropy=F.pad(s.entropy, (0, T - s.entropy.shape[1])) if stage.entropy else None)
-            out = stage.est(b, plan.select(micro))
-            loss = out.loss
-            if stage.critic:
-                v = F.pad(s.values, (0, T - s.values.shape[1]))
-                vloss = 0.5 * (((v - returns[micro]) ** 2) * b.mask).sum() / n_tok
-                loss = loss + self.cfg.value_coef * vloss
-                m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
-            if not bool(torch.isfinite(loss)):
+            loss, out = self.micro_loss(stage, sub.select(micro), plan.select(micro), s,
+                                        returns[micro] if returns is not None else None,
+                                        n_tok, m, sums if one_pass else None)
+            if loss is None:  # non-finite log-probs or loss: the step is dropped
                 finite = False
-                if self.sharded:  # keep every rank's backward passes (collectives) in step
-                    (s.logp.nan_to_num() * 0.0).sum().backward()
-                    continue
-                break
+                if not self.sharded:
+                    break
+                (s.logp.nan_to_num() * 0.0).sum().backward()  # FSDP: keep ranks in step
+                continue
             (loss * self.loss_scale).backward()
             m[records.TRAIN_LOSS] += loss.item()
             kl = out.stats.get("kl", out.stats.get("rl/kl"))
@@ -486,6 +511,14 @@ def _behavior_logp(rows: list[Row], logp_old: torch.Tensor, table: dict) -> torc
             n = min(len(lp), out.shape[1])
             out[i, :n] = torch.tensor(lp[:n], dtype=out.dtype, device=out.device)
     return out
+
+
+def _token_sums(scored, mask: torch.Tensor, is_demo: torch.Tensor) -> torch.Tensor:
+    """[Σ entropy, Σ tokens, Σ demo NLL, Σ demo tokens] of scored rows (see `token_means`)."""
+    demo = is_demo[:, None] * mask
+    with torch.no_grad():
+        return torch.stack([(scored.entropy * mask).sum(), mask.sum(),
+                            -(scored.logp * demo).sum(), demo.sum()]).double().cpu()
 
 
 def _first_groups(rows: list[Row], k: int) -> list[Row]:
