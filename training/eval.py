@@ -206,37 +206,6 @@ def stop_ids(tok, model_config=None, generation_config=None) -> list[int]:
     return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
 
-class OnDevice:
-    """Lets `HFSampler` (which builds its inputs on the CPU) drive a model on any device, and
-    stop at every end-of-sequence id: moves ``generate``'s inputs to the model's device and its
-    output back, and replaces the single eos id by ``stops``."""
-
-    def __init__(self, model, stops: list[int]):
-        self.model, self.stops = model, stops
-
-    @property
-    def training(self) -> bool:
-        return self.model.training
-
-    @property
-    def device(self):
-        return self.model.device
-
-    def eval(self):
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True):
-        self.model.train(mode)
-        return self
-
-    def generate(self, input_ids, attention_mask, **kw):
-        dev = self.model.device
-        kw["eos_token_id"] = self.stops
-        out = self.model.generate(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), **kw)
-        return out.cpu()
-
-
 def hf_engine(path: str, tok, device: str, dtype: str, batch_size: int, stops: list[int]):
     """`training.sampler.HFSampler` over the model at ``path`` on ``device``."""
     import torch
@@ -253,7 +222,7 @@ def hf_engine(path: str, tok, device: str, dtype: str, batch_size: int, stops: l
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     model = model.to(device).eval()
-    return HFSampler(OnDevice(model, stops), tok.eos_token_id, tok.pad_token_id, max_batch=batch_size), model
+    return HFSampler(model, tok.eos_token_id, tok.pad_token_id, max_batch=batch_size, stop_ids=stops), model
 
 
 def vllm_engine(path: str, tok, args, device: str):

@@ -348,7 +348,7 @@ class Trainer:
     def token_means(self, sums: torch.Tensor) -> dict:
         """train/entropy over the response tokens scored this step and train/demo_nll over
         their demonstration tokens, over all ranks (``sums`` from `_token_sums`)."""
-        ent, n, nll, n_demo = (self.dist.total(float(x)) for x in sums)
+        ent, n, nll, n_demo = self.dist.sum_tensor(sums).tolist()  # one collective
         out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
         if n_demo > 0:
             out[records.TRAIN_DEMO_NLL] = nll / n_demo

@@ -12,7 +12,7 @@ the global RNG: this is what makes a resumed run sample exactly what it would ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 
@@ -47,12 +47,14 @@ def strip_completion(row: list[int], eos_id: int, pad_id: int) -> list[int]:
 
 @dataclass
 class HFSampler:
-    """Batched HF ``generate`` with sampling; ``max_batch`` sequences per call."""
+    """Batched HF ``generate`` with sampling on the model's device; ``max_batch`` sequences per
+    call; ``stop_ids`` (default: ``eos_id`` alone) end a sequence."""
 
     model: object
     eos_id: int
     pad_id: int
     max_batch: int = 256
+    stop_ids: Optional[list] = None
 
     def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
         flat = [p for p in prompts_token_ids for _ in range(n)]
@@ -75,7 +77,7 @@ class HFSampler:
             input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
             do_sample=not greedy, temperature=None if greedy else temperature,
             top_p=None if greedy else top_p, top_k=0 if not greedy else None,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True)
+            eos_token_id=self.stop_ids or self.eos_id, pad_token_id=self.pad_id, use_cache=True)
         return [strip_completion(r, self.eos_id, self.pad_id) for r in gen[:, ids.shape[1]:].tolist()]
 
     def sync_weights(self, model) -> None:
