@@ -79,6 +79,11 @@ def test_two_processes_equal_one(tmp_path, preset, launcher, extra):
     print(f"max |Δθ| 1 vs 2 processes: {diff:.3g} (training moved θ by up to {moved:.3g})")
     assert moved > 1e-4
     assert diff <= TOL
+    # the pre-clip gradient norm of every step: AdamW would hide a gradient off by a constant
+    # factor (e.g. FSDP's average where the global surrogate needs the sum); the norm does not
+    norms = [[m["grad/norm"] for m in records.read_metrics(tmp_path / r)[0] if "grad/norm" in m]
+             for r in ("one", "two")]
+    assert len(norms[0]) == 2 and norms[0] == pytest.approx(norms[1], rel=1e-4), norms
 
 
 def _weights_init(model: str) -> dict:
