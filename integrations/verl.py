@@ -34,15 +34,27 @@ reward = Σ_t token_level_rewards, group = ``index`` (verl's uid). ``epsilon`` a
 whose advantage is Â ≡ 1 (sft) or needs a critic (ppo: use verl's ``gae``). Unlike verl's grpo, a
 group of one row gets Â = 0 (verl: Â = r).
 
-Hybrid presets (hpt, hpt_paper, luffy) register their on-policy RL component. What a verl policy
-loss cannot see is which rows are demonstrations: verl passes no per-row SFT/RL tag. HPT's
-per-prompt gate (drop the rollouts of a prompt with ≤ γ correct, train its demonstration with
-SFT) needs (1) the trainer to add demo rows and an ``is_demo`` tensor to the batch — a
-``RayPPOTrainer.fit`` subclass between reward and ``compute_advantage`` — and (2) the loss to read
-it: verl's engine workers call ``loss_fn(config, model_output, data, dp_group)`` and accept a
-replacement via ``actor_rollout_ref`` worker group ``set_loss_fn`` (``engine_workers.py``); a
-loss that builds ``Batch(is_demo=data["is_demo"], group=..., reward=...)`` and calls
-``estimators.get("hpt")`` there gives the full Hybrid. Not provided yet (see docs/recipes.md).
+Hybrid presets (hpt, hpt_paper, luffy) register their on-policy RL component there: a verl
+``PolicyLossFn`` sees no per-row SFT/RL tag. The full Hybrid (and every other preset) runs on
+verl's *engine* path instead, in two halves that split our estimator where it splits itself
+(`Plan`: once per step; `terms`: per micro-batch):
+
+* driver, once per step, on the rows to train: ``plan_fields(preset, reward, group,
+  response_mask, is_demo)`` runs the preset's own ``plan`` (gate, advantages, row coefficients
+  with the global normaliser, entropy weights) and returns per-row tensors ``upge_*`` to put in
+  the batch, plus ``keep`` (rows some component trains; HPT's gated-out rollouts are False);
+* workers, per micro-batch: ``PlanLoss(preset)`` is a verl engine loss
+  ``(config, model_output, data, dp_group) -> (loss, metrics)``, installed with
+  ``actor_rollout_wg.set_loss_fn(PlanLoss("hpt", actor_config))``; it rebuilds the `Plan` from
+  the ``upge_*`` fields and calls the preset's ``terms`` — no loss body re-written.
+
+Summing ``PlanLoss`` over micro-batches and data-parallel ranks gives exactly the preset's
+gradient on the planned batch, whatever the split (tested). When verl splits a step into k > 1
+mini-batches (``ppo_mini_batch_size`` < ``train_batch_size``), each optimizer step's coefficients
+are rescaled by (step tokens / mini-batch tokens): exact for a token count over all rows,
+otherwise the step's normaliser in proportion. The batch rows themselves (a demonstration row per
+prompt with ``is_demo``; dropping rows where ``keep`` is False) are the trainer's to assemble; the
+recipe is in docs/recipes.md ("Any preset, HPT included, on verl's engine path").
 """
 from __future__ import annotations
 
@@ -55,6 +67,7 @@ from torch import Tensor
 
 import estimators
 from estimators import Batch, Estimator, Hybrid
+from estimators.estimator import Plan
 from estimators.estimator import DEMOS
 from verl.trainer.ppo import core_algos
 
@@ -184,6 +197,157 @@ def adv_estimator_fn(name: str):
     upge_advantage.upge_preset = name
     upge_advantage.__name__ = f"{PREFIX}{name}_advantage"
     return upge_advantage
+
+
+# ------------------------------------------------------------- engine path: planned loss
+
+FIELDS = "upge_"
+
+
+def trainable(name: str):
+    """Preset ``name`` as the engine path runs it: KL left to verl (``use_kl_loss``); a preset
+    that needs a critic is refused (use verl's ``gae`` with the ``upge_<p>`` policy loss)."""
+    est = estimators.get(name)
+    if "values" in est.needs:
+        raise ValueError(f"preset {name!r} needs a critic's values; in verl use "
+                         f"algorithm.adv_estimator=gae with policy_loss.loss_mode={PREFIX}{name}")
+    if isinstance(est, Hybrid):
+        return est.replace(rl=est.rl.replace(kl=None), sft=est.sft.replace(kl=None))
+    return est.replace(kl=None)
+
+
+def _components(plan: Plan) -> list[Plan]:
+    return list(plan.parts) if plan.parts else [plan]
+
+
+def plan_fields(name: str, reward: Tensor, group, response_mask: Tensor,
+                is_demo: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """Driver half (see the module docstring): preset ``name``'s plan on the whole step batch.
+
+    reward [B] (sequence reward), group [B] (ids or verl ``uid`` strings), response_mask [B, T],
+    is_demo [B] bool. Returns ``upge_adv<i>`` [B, T] and ``upge_coef<i>`` [B] per component i
+    (one for an Estimator; rl, sft for a Hybrid), ``upge_ent`` [B], ``upge_step_tokens`` [B]
+    (the planned rows' response tokens, repeated), and ``keep`` [B] bool."""
+    est = trainable(name)
+    mask = response_mask if response_mask.is_floating_point() else response_mask.to(torch.float32)
+    B = mask.shape[0]
+    groups = group if isinstance(group, Tensor) else _group_ids(group, B, mask.device)
+    zeros = torch.zeros_like(mask)
+    batch = Batch(logp=zeros, mask=mask, reward=reward.to(mask.dtype).reshape(B), group=groups,
+                  is_demo=None if is_demo is None else is_demo.to(torch.bool).reshape(B),
+                  logp_old=zeros, logp_ref=zeros)
+    plan = est.plan(batch)
+    comps = _components(plan)
+    keep = torch.zeros(B, dtype=torch.bool, device=mask.device)
+    out = {}
+    for i, part in enumerate(comps):
+        out[f"{FIELDS}adv{i}"] = part.adv
+        out[f"{FIELDS}coef{i}"] = part.coef
+        keep |= part.coef != 0
+    keep |= plan.ent != 0
+    out[f"{FIELDS}ent"] = plan.ent
+    out[f"{FIELDS}step_tokens"] = (mask * keep[:, None]).sum().expand(B).clone()
+    out["keep"] = keep
+    return out
+
+
+def _info(data, key: str, default=None):
+    from verl.utils import tensordict_utils as tu
+    return tu.get_non_tensor_data(data=data, key=key, default=default)
+
+
+def _field(data, key: str, width: Optional[int] = None) -> Tensor:
+    """``data[key]`` as a padded tensor: [B] per row, or [B, width] per token (nested tensors
+    padded with 0, wider ones cut)."""
+    value = data[key]
+    value = value.to_padded_tensor(0.0) if getattr(value, "is_nested", False) else value
+    if width is None:
+        return value.reshape(-1)
+    value = value[:, :width]
+    return torch.nn.functional.pad(value, (0, width - value.shape[1]))
+
+
+VERL_KL = {"kl": "k1", "k1": "k1", "mse": "k2", "k2": "k2", "low_var_kl": "k3", "k3": "k3"}
+
+
+def with_verl_kl(est, config):
+    """``est`` with verl's KL loss (``use_kl_loss``, ``kl_loss_coef``, ``kl_loss_type``) as our
+    KL part on its rollout component; unchanged when the config has none."""
+    if config is None or not getattr(config, "use_kl_loss", False):
+        return est
+    kind = VERL_KL.get(str(getattr(config, "kl_loss_type", "low_var_kl")))
+    if kind is None:
+        raise ValueError(f"actor.kl_loss_type={config.kl_loss_type!r} has no counterpart here; "
+                         f"use one of {sorted(VERL_KL)}")
+    kl = estimators.parts.KLPenalty(coef=float(config.kl_loss_coef), kind=kind)
+    return est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
+
+
+class PlanLoss:
+    """Worker half (see the module docstring): a verl engine loss for preset ``name``, called by
+    verl as ``loss(model_output=..., data=..., dp_group=...)``; ``config`` is the actor config
+    (only its KL settings are read: verl's ``ppo_loss``, which this replaces, also did KL).
+
+    Reads the micro-batch's ``old_log_probs``, ``response_mask``, the ``upge_*`` fields,
+    ``rollout_is_weights`` and ``ref_log_prob`` when present, and verl's ``dp_size`` /
+    ``batch_num_tokens``. The entropy bonus is the preset's (``model_output["entropy"]`` is
+    required when its weight is not zero: set ``actor.calculate_entropy=True``). Picklable, so Ray
+    can ship it to workers."""
+
+    def __init__(self, name: str, config=None):
+        self.name, self.config = name, config
+        self.est = with_verl_kl(trainable(name), config)
+
+    def __getstate__(self):
+        return {"name": self.name, "config": self.config}
+
+    def __setstate__(self, state):
+        self.__init__(state["name"], state["config"])
+
+    def __call__(self, model_output, data, dp_group=None) -> tuple[Tensor, dict]:
+        from verl.workers.utils.padding import no_padding_2_padding
+
+        logp = no_padding_2_padding(model_output["log_probs"], data)
+        B, T = logp.shape
+        missing = [k for k in (f"{FIELDS}coef0", f"{FIELDS}ent", f"{FIELDS}step_tokens") if k not in data.keys()]
+        if missing:
+            raise KeyError(f"the batch has no {missing}: put integrations.verl.plan_fields(...) into the "
+                           f"batch before update_actor (PlanLoss({self.name!r}) trains from its plan)")
+        tok = lambda k: _field(data, k, T).to(logp.dtype)  # noqa: E731
+        row = lambda k: _field(data, k).to(logp.dtype)  # noqa: E731
+        entropy = model_output.get("entropy", None)
+        if entropy is not None:
+            entropy = no_padding_2_padding(entropy, data).to(logp.dtype)
+        elif bool((row(f"{FIELDS}ent") != 0).any()):
+            raise ValueError(f"preset {self.name!r} has an entropy bonus but the model output has no "
+                             "entropy: set actor_rollout_ref.actor.calculate_entropy=True")
+        ref = None
+        if "ref_log_prob" in data.keys():
+            ref = tok("ref_log_prob")
+        elif "logp_ref" in self.est.needs or _has_kl(self.est):
+            raise KeyError("actor.use_kl_loss is on but the batch has no ref_log_prob: enable verl's "
+                           "reference policy (actor_rollout_ref.ref) or turn use_kl_loss off")
+        # k > 1 mini-batches per step: the step's normaliser, rescaled to this mini-batch's tokens
+        mini = _info(data, "batch_num_tokens")
+        scale = float(row(f"{FIELDS}step_tokens")[0]) / float(mini) if mini else 1.0
+        isw = tok("rollout_is_weights") if "rollout_is_weights" in data.keys() else 1.0
+        parts = tuple(Plan(tok(f"{FIELDS}adv{i}") * isw, row(f"{FIELDS}coef{i}") * scale,
+                           torch.zeros(B, dtype=logp.dtype, device=logp.device))
+                      for i in range(len(_components_of(self.est))))
+        plan = Plan(parts[0].adv, parts[0].coef, row(f"{FIELDS}ent") * scale, parts if len(parts) > 1 else ())
+        batch = Batch(logp=logp, mask=tok("response_mask"), reward=torch.zeros(B, dtype=logp.dtype, device=logp.device),
+                      group=torch.arange(B, device=logp.device), logp_old=tok("old_log_probs"),
+                      logp_ref=ref, entropy=entropy)
+        loss = self.est.terms(batch, plan).sum() * float(_info(data, "dp_size", 1))
+        return loss, {"actor/pg_loss": loss.item()}
+
+
+def _has_kl(est) -> bool:
+    return any(c.kl is not None for c in _components_of(est))
+
+
+def _components_of(est) -> list:
+    return [est.rl, est.sft] if isinstance(est, Hybrid) else [est]
 
 
 # ---------------------------------------------------------------------------- registration
