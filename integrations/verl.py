@@ -339,7 +339,10 @@ class PlanLoss:
                       group=torch.arange(B, device=logp.device), logp_old=tok("old_log_probs"),
                       logp_ref=ref, entropy=entropy)
         loss = self.est.terms(batch, plan).sum() * float(_info(data, "dp_size", 1))
-        return loss, {"actor/pg_loss": loss.item()}
+        from verl.utils.metric import AggregationType, Metric
+
+        # a share of the global surrogate per micro-batch: summed, as ppo_loss sums its pg_loss
+        return loss, {"actor/pg_loss": Metric(value=loss.item(), aggregation=AggregationType.SUM)}
 
 
 def _has_kl(est) -> bool:

@@ -94,6 +94,14 @@ def latest(run_dir) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+def read_weights(ckpt: Path) -> dict:
+    """The full-parameter weights of checkpoint ``ckpt`` as one state dict."""
+    state = {}
+    for f in sorted((Path(ckpt) / "model").glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
 def load_weights(model, ckpt: Path) -> None:
     """Load checkpoint weights into an already built model (full or LoRA)."""
     mdir = Path(ckpt) / "model"
@@ -102,10 +110,7 @@ def load_weights(model, ckpt: Path) -> None:
 
         set_peft_model_state_dict(model, load_file(str(mdir / "adapter_model.safetensors")))
         return
-    state = {}
-    for f in sorted(mdir.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(ckpt), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or {})
     bad = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if bad or unexpected:
@@ -113,13 +118,18 @@ def load_weights(model, ckpt: Path) -> None:
                            f"(missing {bad[:5]}, unexpected {unexpected[:5]})")
 
 
-def restore(ckpt: Path, model, value_head, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG states; returns {step, cursor}."""
-    load_weights(model, ckpt)
+def restore(ckpt: Path, model, value_head, optimizer, scheduler, load_full=None) -> dict:
+    """Restore weights, optimizer, scheduler and RNG states; returns {step, cursor}.
+    ``load_full(model, optimizer, weights, optimizer_state)``: loads the gathered (full) state
+    into a sharded model and optimizer (FSDP) instead of ``load_state_dict``."""
+    state = torch.load(Path(ckpt) / STATE, weights_only=False)
+    if load_full is None:
+        load_weights(model, ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        load_full(model, optimizer, read_weights(ckpt), state["optimizer"])
     if value_head is not None:
         value_head.load_state_dict(load_file(str(Path(ckpt) / "value_head.safetensors")))
-    state = torch.load(Path(ckpt) / STATE, weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return {"step": state["step"], "cursor": state["cursor"]}

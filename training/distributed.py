@@ -214,3 +214,13 @@ def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
 
     return get_state_dict(model, optimizer,
                           options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """Load gathered (full) model and optimizer state dicts — as `full_state_dicts` wrote them —
+    into the sharded model and optimizer: each rank keeps its shard. Tied weights that the
+    checkpoint leaves out are tied again by the model. A collective: every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True, strict=False))

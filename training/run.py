@@ -670,7 +670,6 @@ def check_fsdp(cfg: RunConfig, dist, stages: list) -> bool:
         "--kl-coef > 0 (the frozen reference copy is not sharded)": cfg.kl_coef > 0,
         "a critic (ppo)": any(s.critic for s in stages),
         "dynamic sampling (dapo: ranks would refill unevenly)": any(s.refill_rounds for s in stages),
-        "--resume (the optimizer state is saved gathered, not yet reloaded sharded)": bool(cfg.resume),
         f"--prompts-per-step {cfg.prompts_per_step} not divisible by {dist.world} processes "
         "(every rank must sample as many prompts)": cfg.prompts_per_step % max(dist.world, 1) != 0,
     }
@@ -727,7 +726,8 @@ def _restore(t: Trainer) -> None:
     ckpt = checkpoint.latest(t.run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{t.run_dir}: no checkpoint to resume from")
-    state = checkpoint.restore(ckpt, t.model, t.critic, t.optimizer, t.scheduler)
+    state = checkpoint.restore(ckpt, t.model, t.critic, t.optimizer, t.scheduler,
+                               load_full=distributed.load_full_state_dicts if t.sharded else None)
     t.step = state["step"]
     t.stream.cursor = state["cursor"]["data"]
     t.demos_truncated = state["cursor"]["demos_truncated"]
