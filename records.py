@@ -37,6 +37,9 @@ Metric names (namespaced; defined here once and used everywhere):
 ``rollout/clip_fraction``         fraction of responses that hit the length limit
 ``rollout/all_equal_fraction``    fraction of groups whose rewards are all equal
 ``rollout/verifier_timeouts``     verifier calls that timed out or raised (counted as wrong)
+``rollout/engine_logp_gap``       mean |log p_engine − log π_θold| over rollout tokens (vLLM
+                                  rollouts: the sampler/trainer mismatch TIS corrects; a stale
+                                  weight sync shows here)
 ``gate/sft_fraction``             fraction of prompts the HPT gate sent to SFT
 ``gate/offline_ratio``            demo rows / (demo rows + on-policy rows) in the batch (Figs. 6, 8)
 ``grad/norm``                     gradient norm before clipping
@@ -78,6 +81,7 @@ ROLLOUT_LENGTH = "rollout/response_length"
 ROLLOUT_CLIP_FRACTION = "rollout/clip_fraction"
 ROLLOUT_ALL_EQUAL = "rollout/all_equal_fraction"
 ROLLOUT_VERIFIER_TIMEOUTS = "rollout/verifier_timeouts"
+ROLLOUT_ENGINE_GAP = "rollout/engine_logp_gap"
 GATE_SFT_FRACTION = "gate/sft_fraction"
 GATE_OFFLINE_RATIO = "gate/offline_ratio"
 GRAD_NORM = "grad/norm"

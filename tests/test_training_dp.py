@@ -55,19 +55,46 @@ LAUNCHERS = {
 }
 
 
-@pytest.mark.parametrize("launcher, extra", [("torchrun", ()), ("accelerate", ()),
-                                             ("torchrun", ("--fsdp", "true"))],
-                         ids=["torchrun", "accelerate", "torchrun-fsdp"])
+@pytest.mark.parametrize("launcher, extra, common", [
+    ("torchrun", (), ()), ("accelerate", (), ()), ("torchrun", ("--fsdp", "true"), ()),
+    ("torchrun", ("--fsdp", "true"), ("--kl-coef", "0.05"))],    # π_ref sharded like the policy
+    ids=["torchrun", "accelerate", "torchrun-fsdp", "torchrun-fsdp-kl"])
 @pytest.mark.parametrize("preset", ["hpt"])
-def test_two_processes_equal_one(tmp_path, preset, launcher, extra):
-    env = dict(os.environ, UPGE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    os.environ["UPGE_CACHE"] = env["UPGE_CACHE"]
-    model = str(base.ensure_base(TINY, log=lambda s: None))
-    one = subprocess.run([sys.executable, "-m", "training.run", *_args(model, tmp_path, "one", preset)],
+def test_two_processes_equal_one(tmp_path, preset, launcher, extra, common):
+    _two_equal_one(tmp_path, preset, launcher, extra, common)
+
+
+# the embedded base needs room to reach its \boxed answer (with 16 tokens every reward is 0)
+LONGER = ("--max-new-tokens", "48")
+
+
+def test_fsdp_ppo_critic_equals_one_process(tmp_path):
+    """PPO under FSDP: the unsharded critic's gradient is summed, not scaled by the world size.
+    On the embedded base (the tiny one solves nothing, so rewards, returns and the zero-initialised
+    critic's gradient would all be 0); the critic's weights must match too."""
+    from safetensors.torch import load_file
+
+    os.environ.pop("UPGE_CACHE", None)  # the real embedded base (cached after its first build)
+    model = str(base.ensure_base(log=lambda s: None))
+    _two_equal_one(tmp_path, "ppo", "torchrun", ("--fsdp", "true"), LONGER, model=model)
+    heads = [load_file(str(checkpoint.latest(tmp_path / r) / "value_head.safetensors")) for r in ("one", "two")]
+    moved = max(float(v.abs().max()) for k, v in heads[0].items() if k.startswith("net.2"))
+    diff = max(float((heads[0][k] - heads[1][k]).abs().max()) for k in heads[0])
+    print(f"critic: output layer moved to {moved:.3g}, 1 vs 2 processes {diff:.3g}")
+    assert moved > 1e-4 and diff <= TOL
+
+
+def _two_equal_one(tmp_path, preset, launcher, extra, common, model=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if model is None:
+        env["UPGE_CACHE"] = os.environ["UPGE_CACHE"] = str(tmp_path / "cache")
+        model = str(base.ensure_base(TINY, log=lambda s: None))
+    one = subprocess.run([sys.executable, "-m", "training.run", *_args(model, tmp_path, "one", preset),
+                          *common],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([*LAUNCHERS[launcher], "-m", "training.run",
-                          *_args(model, tmp_path, "two", preset), *extra],
+                          *_args(model, tmp_path, "two", preset), *extra, *common],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _samples(tmp_path / "one") == _samples(tmp_path / "two")  # same rollouts per prompt
@@ -94,13 +121,18 @@ def _weights_init(model: str) -> dict:
 
 def test_fsdp_run_resumes_exactly(tmp_path):
     """An FSDP run (2 ranks, torchrun) resumed from its step-1 checkpoint — gathered weights and
-    optimizer state loaded back into the shards — ends step 2 where the uninterrupted run did."""
+    optimizer state loaded back into the shards — ends step 2 where the uninterrupted run did.
+    PPO on the embedded base: the sharded policy, the unsharded critic and their shared AdamW
+    state all come back."""
     import shutil
 
-    env = dict(os.environ, UPGE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    os.environ["UPGE_CACHE"] = env["UPGE_CACHE"]
-    model = str(base.ensure_base(TINY, log=lambda s: None))
-    args = [*_args(model, tmp_path, "full", "hpt"), "--fsdp", "true", "--save-every", "1",
+    import torch
+    from safetensors.torch import load_file
+
+    os.environ.pop("UPGE_CACHE", None)  # the real embedded base (cached after its first build)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    model = str(base.ensure_base(log=lambda s: None))
+    args = [*_args(model, tmp_path, "full", "ppo"), *LONGER, "--fsdp", "true", "--save-every", "1",
             "--keep-checkpoints", "2"]
     full = subprocess.run([*LAUNCHERS["torchrun"], "-m", "training.run", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -122,3 +154,53 @@ def test_fsdp_run_resumes_exactly(tmp_path):
     norms = [[m["grad/norm"] for m in records.read_metrics(tmp_path / r)[0] if "grad/norm" in m]
              for r in ("full", "cut")]
     assert norms[0] == pytest.approx(norms[1], rel=1e-6), norms
+    heads = [load_file(str(checkpoint.latest(tmp_path / r) / "value_head.safetensors")) for r in ("full", "cut")]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+SHARDED_STATE = """
+import sys, torch, torch.distributed as d
+from training import base, distributed
+from training.vllm_sampler import model_state_for_vllm
+d.init_process_group("gloo")
+cfg = base.BaseConfig(hidden_size=32, layers=2, heads=2, kv_heads=2, intermediate_size=64)
+model = base.build_model(cfg, base.char_tokenizer())
+full = {k: v.clone() for k, v in model_state_for_vllm(model).items()}
+distributed.shard(model)
+assert any(distributed.is_sharded(p) for p in model.parameters())
+got = model_state_for_vllm(model)
+bad = [k for k in full if not torch.equal(got[k], full[k])]
+print("rank", d.get_rank(), "tensors", len(got), "differ", bad, flush=True)
+d.destroy_process_group()
+sys.exit(1 if bad or got.keys() != full.keys() else 0)
+"""
+
+
+def test_weights_pushed_to_vllm_from_fsdp_shards_are_whole(tmp_path):
+    """What each rank's vLLM engine gets from an FSDP-sharded policy: every tensor all-gathered,
+    equal to the unsharded model's (no vLLM needed: the state dict is the sync's input)."""
+    script = tmp_path / "sharded_state.py"
+    script.write_text(SHARDED_STATE)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([*LAUNCHERS["torchrun"][:-1], "29519", str(script)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("differ []") == 2
+
+
+def test_fsdp_dynamic_sampling_refills_without_hanging(tmp_path):
+    """DAPO under FSDP: groups with all-equal rewards are dropped and refilled; every refill
+    round gives each rank as many prompts, so the ranks' collective generate calls stay paired.
+    (Near-greedy sampling makes a group's rollouts alike, so groups are dropped.)"""
+    env = dict(os.environ, UPGE_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    os.environ["UPGE_CACHE"] = env["UPGE_CACHE"]
+    model = str(base.ensure_base(TINY, log=lambda s: None))
+    done = subprocess.run([*LAUNCHERS["torchrun"], "-m", "training.run",
+                           *_args(model, tmp_path, "dapo", "dapo"), "--fsdp", "true",
+                           "--dynamic-sampling-rounds", "2", "--temperature", "0.05"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows, _ = records.read_samples(tmp_path / "dapo")
+    per_step = {s: sum(r["step"] == s for r in rows) for s in (1, 2)}
+    assert max(per_step.values()) > 4 * 8, per_step            # some step refilled
+    assert all(n % (2 * 8) == 0 for n in per_step.values()), per_step   # equal shares per round

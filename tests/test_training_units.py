@@ -337,3 +337,28 @@ def test_device_choice_and_its_errors(monkeypatch):
     assert resolve_device("auto", Rank()) == torch.device("cuda", 3)
     p = pack([[1, 2], [3]], [[4], [5, 6]], pad_id=0).to("cpu")
     assert p.ids.tolist() == [[1, 2, 4, 0], [0, 3, 5, 6]] and p.prompt_width == 2
+
+
+def test_every_flag_passes_through_torchruns_parser():
+    """torchrun's argparse matches option prefixes over the whole command line (the script's
+    arguments too): every flag of ours except --n must reach the script untouched, and --n has
+    the alias --num-generations."""
+    import contextlib
+    import io
+
+    from torch.distributed.run import get_args_parser
+
+    from training.config import build_parser, parse_args
+
+    launcher = get_args_parser()
+    passed, refused = [], []
+    for action in build_parser()._actions:
+        for opt in (o for o in action.option_strings if o.startswith("--")):
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    args = launcher.parse_args(["--nproc_per_node", "2", "-m", "training.run", "grpo", opt, "1"])
+                (passed if opt in args.training_script_args else refused).append(opt)
+            except SystemExit:
+                refused.append(opt)
+    assert refused == ["--n"] and "--num-generations" in passed and len(passed) > 40
+    assert parse_args(["grpo", "--num-generations", "4"]).n == 4

@@ -306,3 +306,40 @@ def test_plan_loss_adds_verls_kl_loss_as_our_kl_part():
     assert torch.allclose(got, want, atol=1e-12) and not torch.allclose(got, plain, atol=1e-6)
     with pytest.raises(KeyError, match="ref_log_prob"):
         plugin.PlanLoss("grpo", cfg)(out, data.exclude("ref_log_prob"))
+
+
+def test_plan_loss_through_verls_own_padding_conversion_and_dynamic_micro_batches():
+    """The mini-batch as verl's engine gets it: a padded TensorDict with the plan's fields,
+    converted by verl's ``left_right_2_no_padding`` and split by its ``prepare_micro_batches``
+    (dynamic batch size, token-balanced, rows reordered); PlanLoss summed over verl's micro-batches
+    gives our estimator's gradient on the whole batch."""
+    from verl.workers.engine.utils import prepare_micro_batches
+    from verl.workers.utils.padding import left_right_2_no_padding
+
+    b = hybrid_batch(seed=16)
+    fields = plugin.plan_fields("hpt", b.reward, b.group, b.mask, b.is_demo)
+    want = torch.autograd.grad(plugin.trainable("hpt")(b).loss, [b.logp, b.entropy])
+    rows = fields["keep"].nonzero().flatten()
+    mask = b.mask[rows]
+    B, T = mask.shape
+    attention = torch.cat([torch.ones(B, P), mask], 1).long()
+    td = {"input_ids": torch.ones(B, P + T, dtype=torch.long), "attention_mask": attention,
+          "position_ids": (attention.cumsum(1) - 1).clamp_min(0), "prompts": torch.ones(B, P, dtype=torch.long),
+          "responses": torch.ones(B, T, dtype=torch.long), "response_mask": mask.long(),
+          "old_log_probs": b.logp_old[rows], "orig": rows}
+    td.update({k: v[rows] for k, v in fields.items() if k != "keep"})
+    data = left_right_2_no_padding(TensorDict(td, batch_size=[B]))
+    tu.assign_non_tensor(data, use_dynamic_bsz=True, max_token_len_per_gpu=2 * (P + T), dp_size=1,
+                         batch_num_tokens=float(mask.sum()))
+    micro, _ = prepare_micro_batches(data)
+    assert len(micro) > 2
+    fn, total, seen = plugin.PlanLoss("hpt"), 0.0, []
+    for mb in micro:
+        idx = mb["orig"]
+        seen += idx.tolist()
+        out, _ = engine_micro_batch(b, idx, {}, 1, 0.0)     # the model's outputs for these rows
+        total = total + fn(out, mb)[0]
+    assert sorted(seen) == rows.tolist()
+    got = torch.autograd.grad(total, [b.logp, b.entropy])
+    for g, w in zip(got, want):
+        assert torch.allclose(g, w, atol=1e-12)

@@ -13,8 +13,8 @@ import estimators
 TWO_STAGE = {"sft_then_grpo": ("sft", "grpo")}
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _f(default, help: str, aliases: tuple = ()):
+    return field(default=default, metadata={"help": help, "aliases": aliases})
 
 
 @dataclass
@@ -32,7 +32,9 @@ class RunConfig:
     # sampling
     steps: int = _f(120, "training steps (optimizer updates of the policy per step: mini_batches x epochs)")
     prompts_per_step: int = _f(16, "prompts per step")
-    n: int = _f(8, "rows per prompt: rollouts, or rollouts + 1 demonstration for LUFFY/SRFT")
+    n: int = _f(8, "rows per prompt: rollouts, or rollouts + 1 demonstration for LUFFY/SRFT "
+                   "(under torchrun use --num-generations: torchrun's parser takes --n for a prefix "
+                   "of its own options)", aliases=("--num-generations",))
     temperature: float = _f(1.0, "rollout sampling temperature")
     top_p: float = _f(1.0, "rollout nucleus sampling top-p")
     max_new_tokens: int = _f(48, "maximum response length (also sets Dr. GRPO/HPT constant normalisers)")
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         if t is bool:
             kw["nargs"] = "?"
             kw["const"] = True
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kw)
+        p.add_argument("--" + f.name.replace("_", "-"), *f.metadata["aliases"], dest=f.name, **kw)
     return p
 
 

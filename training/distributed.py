@@ -60,7 +60,7 @@ class SingleProcess:
     def gather(self, items: list) -> list:
         return list(items)
 
-    def sum_grads(self, params: list) -> None:
+    def sum_grads(self, params: list, scale: float = 1.0) -> None:
         pass
 
     def sync_params(self, params: list) -> None:
@@ -127,16 +127,18 @@ class TorchDistributed:
         return [x for part in out for x in part]
 
     # -- parameters --------------------------------------------------------------------------
-    def sum_grads(self, params: list) -> None:
-        """Sum gradients over ranks in one flat buffer (a missing grad counts as zero).
-        FSDP-sharded parameters are skipped: FSDP has already reduce-scattered theirs."""
+    def sum_grads(self, params: list, scale: float = 1.0) -> None:
+        """Sum gradients over ranks in one flat buffer (a missing grad counts as zero), times
+        ``scale``. FSDP-sharded parameters are skipped: FSDP has already reduce-scattered theirs
+        (under FSDP the loss is scaled by the world size, so the unsharded rest, e.g. the PPO
+        critic, is summed with ``scale`` = 1/world)."""
         params = [p for p in params if not is_sharded(p)]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
         self._d.all_reduce(flat)
-        flat = flat.to(params[0].device)
+        flat = flat.to(params[0].device) * scale
         i = 0
         for p, g in zip(params, grads):
             n = g.numel()
@@ -207,20 +209,54 @@ def shard(model):
     return model
 
 
-def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
+def _root(model, critic):
+    """The module whose parameters are the optimizer's: the policy, or policy + PPO critic."""
+    return model if critic is None else torch.nn.ModuleDict({"policy": model, "critic": critic})
+
+
+def full_state_dicts(model, optimizer, critic=None) -> tuple[dict, dict]:
     """(model, optimizer) state dicts gathered in full onto rank 0's CPU (empty elsewhere); a
-    collective: every rank must call it."""
+    collective: every rank must call it. With a ``critic`` (its parameters are in the same
+    optimizer) the optimizer state is keyed ``policy.*`` / ``critic.*`` and the model state is
+    the policy's alone (the critic is saved on its own)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    return get_state_dict(model, optimizer,
-                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    msd, osd = get_state_dict(_root(model, critic), optimizer,
+                              options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if critic is not None:
+        msd = {k.removeprefix("policy."): v for k, v in msd.items() if k.startswith("policy.")}
+    return msd, osd
 
 
-def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict,
+                          critic=None) -> None:
     """Load gathered (full) model and optimizer state dicts — as `full_state_dicts` wrote them —
     into the sharded model and optimizer: each rank keeps its shard. Tied weights that the
-    checkpoint leaves out are tied again by the model. A collective: every rank must call it."""
+    checkpoint leaves out are tied again by the model; the critic's weights are loaded on their
+    own. A collective: every rank must call it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+    if critic is not None:
+        model_state = {f"policy.{k}": v for k, v in model_state.items()}
+    set_state_dict(_root(model, critic), optimizer, model_state_dict=model_state,
+                   optim_state_dict=optimizer_state,
                    options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def clip_grad_norm(params: list, max_norm: float) -> float:
+    """``clip_grad_norm_`` over parameters that may mix FSDP shards (``DTensor``) and plain
+    tensors (e.g. the PPO critic beside a sharded policy), which torch's version refuses to
+    combine: each kind's norm separately, then one total norm, one clip coefficient."""
+    groups = [[p for p in params if p.grad is not None and is_sharded(p) == sharded]
+              for sharded in (True, False)]
+    groups = [g for g in groups if g]
+    norms = []
+    for g in groups:
+        n = torch.nn.utils.get_total_norm([p.grad for p in g])
+        norms.append(n.full_tensor() if is_sharded(n) else n)
+    if not norms:
+        return 0.0
+    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    for g in groups:
+        torch.nn.utils.clip_grads_with_norm_(g, max_norm, total)
+    return float(total)

@@ -12,6 +12,7 @@ two stages) is an object picked in `build`; the loop never asks which preset it 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -234,6 +235,8 @@ class Trainer:
             missing = int(self.dist.total(max(0, mine - len(batching.groups_of(kept)))))
             if missing <= 0:
                 break
+            if self.sharded:  # FSDP: generate is a collective, so every rank samples as many prompts
+                missing = -(-missing // self.dist.world) * self.dist.world
             start, examples = self.dist.share(self.stream.take(missing))  # every rank reads all
             new = stage.shape(self.sample_groups(stage, examples, step, rnd, offset=rnd * P + start))
             generated += new
@@ -301,6 +304,7 @@ class Trainer:
                                          self.reference.logp(packed))
                 if self.behavior:
                     full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
+                    m[records.ROLLOUT_ENGINE_GAP] = self.engine_gap(full)
                 sums += _token_sums(old, packed.mask, full.is_demo)
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
             for epoch in range(stage.epochs):
@@ -338,6 +342,13 @@ class Trainer:
             loss = loss + self.cfg.value_coef * vloss
             m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
         return (loss, out) if bool(torch.isfinite(loss)) else (None, None)
+
+    def engine_gap(self, b) -> float:
+        """Mean |log p_engine − log π_θold| over the rollout tokens of every rank."""
+        tok = b.mask * b.rollouts[:, None].to(b.mask.dtype)
+        sums = torch.stack([((b.logp_behavior - b.logp_old).abs() * tok).sum(), tok.sum()]).double()
+        gap, n = self.dist.sum_tensor(sums).tolist()
+        return gap / max(n, 1.0)
 
     def one_pass(self, stage: Stage, k: int) -> bool:
         """One epoch over one mini-batch, no critic, no engine log-probs: every row is scored
@@ -398,8 +409,9 @@ class Trainer:
     def optimizer_step(self) -> tuple[float, bool]:
         """Clip the gradient norm; skip the step when it is not finite or > max_grad_norm."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.dist.sum_grads(params)  # each rank's loss is its share of the global surrogate
-        norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        # each rank's loss is its share of the global surrogate (× world size under FSDP)
+        self.dist.sum_grads(params, scale=1.0 / self.loss_scale)
+        norm = distributed.clip_grad_norm(params, self.cfg.grad_clip)
         skipped = not math.isfinite(norm) or norm > self.cfg.max_grad_norm
         if not skipped:
             self.optimizer.step()
@@ -489,7 +501,8 @@ class Trainer:
     def save(self, step: int) -> None:
         with self.timers("checkpoint"):
             # FSDP: every rank takes part in gathering the full state; rank 0 writes it
-            full = distributed.full_state_dicts(self.model, self.optimizer) if self.sharded else None
+            full = (distributed.full_state_dicts(self.model, self.optimizer, self.critic)
+                    if self.sharded else None)
             self.save_checkpoint(self.run_dir, step, self.model, self.tok, self.critic, self.optimizer,
                                  self.scheduler, {"data": self.stream.cursor,
                                                   "demos_truncated": self.demos_truncated},
@@ -630,9 +643,13 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, dtype=cfg.dtype).to(device)
         model.train()
         dist.sync_params(list(model.parameters()))
+        # π_ref: a frozen full copy made before sharding (FSDP shards it like the policy)
+        reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
         sharded = check_fsdp(cfg, dist, stages)
         if sharded:
             model = distributed.shard(model)
+            if isinstance(reference, Reference):
+                distributed.shard(reference.model)
         critic = (ValueHead(model.config.hidden_size).to(device)
                   if any(s.critic for s in stages) else None)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -640,7 +657,6 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         dist.sync_params(params)
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         sched = make_schedule(opt, cfg)
-        reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
         run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.runs_dir) / (
             cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = Path(distributed_run_dir(dist, str(run_dir)))
@@ -666,10 +682,6 @@ def check_fsdp(cfg: RunConfig, dist, stages: list) -> bool:
         return False
     unsupported = {
         "--lora-r > 0 (LoRA adapters are small: plain data parallel is enough)": cfg.lora_r > 0,
-        "--rollout-engine vllm (the weight sync needs the gathered weights)": cfg.rollout_engine == "vllm",
-        "--kl-coef > 0 (the frozen reference copy is not sharded)": cfg.kl_coef > 0,
-        "a critic (ppo)": any(s.critic for s in stages),
-        "dynamic sampling (dapo: ranks would refill unevenly)": any(s.refill_rounds for s in stages),
         f"--prompts-per-step {cfg.prompts_per_step} not divisible by {dist.world} processes "
         "(every rank must sample as many prompts)": cfg.prompts_per_step % max(dist.world, 1) != 0,
     }
@@ -727,7 +739,8 @@ def _restore(t: Trainer) -> None:
     if ckpt is None:
         raise FileNotFoundError(f"{t.run_dir}: no checkpoint to resume from")
     state = checkpoint.restore(ckpt, t.model, t.critic, t.optimizer, t.scheduler,
-                               load_full=distributed.load_full_state_dicts if t.sharded else None)
+                               load_full=functools.partial(distributed.load_full_state_dicts, critic=t.critic)
+                               if t.sharded else None)
     t.step = state["step"]
     t.stream.cursor = state["cursor"]["data"]
     t.demos_truncated = state["cursor"]["demos_truncated"]
