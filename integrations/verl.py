@@ -51,8 +51,9 @@ verl's *engine* path instead, in two halves that split our estimator where it sp
 Summing ``PlanLoss`` over micro-batches and data-parallel ranks gives exactly the preset's
 gradient on the planned batch, whatever the split (tested). When verl splits a step into k > 1
 mini-batches (``ppo_mini_batch_size`` < ``train_batch_size``), each optimizer step's coefficients
-are rescaled by (step tokens / mini-batch tokens): exact for a token count over all rows,
-otherwise the step's normaliser in proportion. The batch rows themselves (a demonstration row per
+are rescaled by (step tokens / mini-batch tokens) where the normaliser counts (constant ones are
+left alone): exact for a token count over all rows, otherwise the step's normaliser in
+proportion. The batch rows themselves (a demonstration row per
 prompt with ``is_demo``; dropping rows where ``keep`` is False) are the trainer's to assemble; the
 recipe is in docs/recipes.md ("Any preset, HPT included, on verl's engine path").
 """
@@ -331,9 +332,9 @@ class PlanLoss:
         mini = _info(data, "batch_num_tokens")
         scale = float(row(f"{FIELDS}step_tokens")[0]) / float(mini) if mini else 1.0
         isw = tok("rollout_is_weights") if "rollout_is_weights" in data.keys() else 1.0
-        parts = tuple(Plan(tok(f"{FIELDS}adv{i}") * isw, row(f"{FIELDS}coef{i}") * scale,
+        parts = tuple(Plan(tok(f"{FIELDS}adv{i}") * isw, row(f"{FIELDS}coef{i}") * (scale if counts else 1.0),
                            torch.zeros(B, dtype=logp.dtype, device=logp.device))
-                      for i in range(len(_components_of(self.est))))
+                      for i, counts in enumerate(_counted(self.est)))
         plan = Plan(parts[0].adv, parts[0].coef, row(f"{FIELDS}ent") * scale, parts if len(parts) > 1 else ())
         batch = Batch(logp=logp, mask=tok("response_mask"), reward=torch.zeros(B, dtype=logp.dtype, device=logp.device),
                       group=torch.arange(B, device=logp.device), logp_old=tok("old_log_probs"),
@@ -351,6 +352,14 @@ def _has_kl(est) -> bool:
 
 def _components_of(est) -> list:
     return [est.rl, est.sft] if isinstance(est, Hybrid) else [est]
+
+
+def _counted(est) -> list[bool]:
+    """Per component: does its normaliser count rows or tokens (so a mini-batch rescales it),
+    or is it a constant (e.g. the official HPT's Σ/(8192·8), never rescaled)?"""
+    joint = getattr(est, "joint", None)
+    probe = (torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
+    return [(joint or c.reduction).count(*probe) is not None for c in _components_of(est)]
 
 
 # ---------------------------------------------------------------------------- registration

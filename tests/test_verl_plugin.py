@@ -343,3 +343,19 @@ def test_plan_loss_through_verls_own_padding_conversion_and_dynamic_micro_batche
     got = torch.autograd.grad(total, [b.logp, b.entropy])
     for g, w in zip(got, want):
         assert torch.allclose(g, w, atol=1e-12)
+
+
+def test_mini_batch_rescale_leaves_constant_normalisers_alone():
+    """hpt in a mini-batch holding half the step's tokens: the SFT token mean (and the entropy
+    token mean) count tokens, so they double; the RL part's constant Σ/(8192·8) does not change."""
+    b = hybrid_batch(seed=17)
+    fields = plugin.plan_fields("hpt", b.reward, b.group, b.mask, b.is_demo)
+    rows = fields["keep"].nonzero().flatten()
+    want = torch.autograd.grad(plugin.trainable("hpt")(b).loss, [b.logp, b.entropy])
+    out, data = engine_micro_batch(b, rows, fields, 1, float(b.mask[rows].sum()) / 2)
+    got = torch.autograd.grad(plugin.PlanLoss("hpt")(out, data)[0], [b.logp, b.entropy])
+    rl, sft = fields["upge_coef0"] != 0, fields["upge_coef1"] != 0
+    assert rl.any() and sft.any()
+    assert torch.allclose(got[0][rl], want[0][rl], atol=1e-12)          # constant: unchanged
+    assert torch.allclose(got[0][sft], 2 * want[0][sft], atol=1e-12)    # token mean: doubled
+    assert torch.allclose(got[1], 2 * want[1], atol=1e-12)

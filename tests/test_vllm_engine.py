@@ -222,15 +222,9 @@ def test_merged_state_equals_peft_merge():
         torch.testing.assert_close(ours[k], want[k], rtol=0, atol=1e-6)
 
 
-def _small_eval_file(path) -> str:
+def _small_eval(path) -> str:
     """8 held-out problems in the OpenR1 row format (the run's evaluation stays short)."""
-    import json
-
-    rows = [{"prompt": [{"role": "user", "content": p.prompt}],
-             "target": [{"role": "assistant", "content": p.demo}],
-             "reward_model": {"ground_truth": str(p.answer)}} for p in task.test_problems()[:8]]
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    task.export(path, "test", count=8)
     return str(path)
 
 
@@ -246,7 +240,7 @@ def _run_with_vllm(tmp_path, launcher: list, extra: list) -> "Path":
     cmd = [*launcher, "-m", "training.run", "hpt", "--model", model, "--rollout-engine", "vllm",
            "--steps", "2", "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "16",
            "--lr", "1e-2", "--warmup-steps", "0", "--eval-k", "1", "--eval-every", "0",
-           "--eval-data", _small_eval_file(tmp_path / "eval.jsonl"), "--save-every", "0",
+           "--eval-data", _small_eval(tmp_path / "eval.jsonl"), "--save-every", "0",
            "--progress", "false", "--threads", "1", "--runs-dir", str(tmp_path), "--run-id", "v", *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,

@@ -155,10 +155,11 @@ def rows(problems: list[Problem], split: str) -> list[dict]:
 
 
 def dataset(split: str = "test", count: int = 1000, seed: int = 0):
-    """The task as a ``datasets.Dataset`` in row format (``split`` "train" or "test")."""
+    """The task as a ``datasets.Dataset`` in row format (``split`` "train" or "test"; at most
+    ``count`` rows)."""
     import datasets
 
-    probs = test_problems() if split == "test" else train_problems(seed, count)
+    probs = test_problems()[:count] if split == "test" else train_problems(seed, count)
     return datasets.Dataset.from_list(rows(probs, split))
 
 
