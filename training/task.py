@@ -154,19 +154,26 @@ def rows(problems: list[Problem], split: str) -> list[dict]:
     return [to_row(p, i, split) for i, p in enumerate(problems)]
 
 
+def split_problems(split: str = "test", count: int = 1000, seed: int = 0) -> list[Problem]:
+    """The held-out ``test`` problems or ``count`` ``train`` problems of stream ``seed`` (at most
+    ``count`` either way)."""
+    return test_problems()[:count] if split == "test" else train_problems(seed, count)
+
+
 def dataset(split: str = "test", count: int = 1000, seed: int = 0):
-    """The task as a ``datasets.Dataset`` in row format (``split`` "train" or "test"; at most
-    ``count`` rows)."""
+    """The task as a ``datasets.Dataset`` in row format (``split`` "train" or "test")."""
     import datasets
 
-    probs = test_problems()[:count] if split == "test" else train_problems(seed, count)
-    return datasets.Dataset.from_list(rows(probs, split))
+    return datasets.Dataset.from_list(rows(split_problems(split, count, seed), split))
 
 
 def export(path, split: str = "train", count: int = 1000, seed: int = 0) -> None:
-    """Write the split as jsonl or parquet (by suffix), loadable by `training.data.load_rows`."""
-    ds = dataset(split, count, seed)
+    """Write the split as jsonl or parquet (by suffix), loadable by `training.data.load_examples`
+    (jsonl needs only the standard library)."""
     if str(path).endswith(".parquet"):
-        ds.to_parquet(str(path))
-    else:
-        ds.to_json(str(path), lines=True)
+        dataset(split, count, seed).to_parquet(str(path))
+        return
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows(split_problems(split, count, seed), split))
