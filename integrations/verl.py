@@ -90,10 +90,15 @@ class Given:
         return self.adv
 
 
+def _probe_count(reduction):
+    """``reduction``'s count on a 1-row, 2-token probe: 2 (tokens), 1 (sequences) or None (a
+    constant normaliser) — no type switch, so new reductions work."""
+    return reduction.count(torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
+
+
 def counts_tokens(reduction) -> bool:
-    """True when ``reduction``'s normaliser counts tokens, False when it counts sequences: a
-    1-row, 2-token probe counts 2 tokens or 1 sequence (no type switch, so new reductions work)."""
-    count = reduction.count(torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
+    """True when ``reduction``'s normaliser counts tokens, False when it counts sequences."""
+    count = _probe_count(reduction)
     return count is not None and float(count) == 2.0
 
 
@@ -358,8 +363,7 @@ def _counted(est) -> list[bool]:
     """Per component: does its normaliser count rows or tokens (so a mini-batch rescales it),
     or is it a constant (e.g. the official HPT's Σ/(8192·8), never rescaled)?"""
     joint = getattr(est, "joint", None)
-    probe = (torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
-    return [(joint or c.reduction).count(*probe) is not None for c in _components_of(est)]
+    return [_probe_count(joint or c.reduction) is not None for c in _components_of(est)]
 
 
 # ---------------------------------------------------------------------------- registration

@@ -190,6 +190,12 @@ def is_sharded(p) -> bool:
     return isinstance(p, DTensor)
 
 
+def whole(t):
+    """``t`` in full: an FSDP2 shard (``DTensor``) is all-gathered — a collective, so every rank
+    must ask for the same tensors in the same order; a plain tensor is returned as it is."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
 def shard(model):
     """FSDP2 (``torch.distributed.fsdp.fully_shard``): each decoder layer, then the root, so
     parameters, gradients and optimizer state are split over the ranks. FSDP *averages*
@@ -252,8 +258,7 @@ def clip_grad_norm(params: list, max_norm: float) -> float:
     groups = [g for g in groups if g]
     norms = []
     for g in groups:
-        n = torch.nn.utils.get_total_norm([p.grad for p in g])
-        norms.append(n.full_tensor() if is_sharded(n) else n)
+        norms.append(whole(torch.nn.utils.get_total_norm([p.grad for p in g])))
     if not norms:
         return 0.0
     total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))

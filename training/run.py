@@ -178,15 +178,15 @@ class Trainer:
     save_checkpoint: Callable = checkpoint.save   # rank 0; a no-op on the other ranks
     behavior: dict = field(default_factory=dict)  # (group, sample_idx) -> engine log-probs
     sharded: bool = False                         # FSDP: parameters split over the ranks
+    step: int = 0
+    bad_in_row: int = 0
+    demos_truncated: int = 0
+    stats: dict = field(default_factory=dict)
 
     @property
     def loss_scale(self) -> float:
         """World size under FSDP (it averages gradients; the global surrogate sums them)."""
         return float(self.dist.world) if self.sharded else 1.0
-    step: int = 0
-    bad_in_row: int = 0
-    demos_truncated: int = 0
-    stats: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------------- the loop
     def train(self) -> dict:

@@ -47,6 +47,8 @@ from typing import Any, Optional
 
 import torch
 
+from .distributed import whole
+
 LORA_SYNC_MODES = ("adapter", "merged")
 
 
@@ -84,7 +86,7 @@ def model_state_for_vllm(model) -> dict[str, torch.Tensor]:
     """The HF checkpoint-format state dict vLLM loads: for a peft model, the base weights with
     the adapter merged in (W + ΔW) and the peft prefixes / ``lora_*`` entries removed."""
     if not is_peft(model):
-        return {k: _full(v.detach()) for k, v in model.state_dict().items()}
+        return {k: whole(v.detach()) for k, v in model.state_dict().items()}  # FSDP: gathered
     deltas = lora_deltas(model)
     out = {}
     for key, value in model.get_base_model().state_dict().items():
@@ -97,14 +99,6 @@ def model_state_for_vllm(model) -> dict[str, torch.Tensor]:
             value = value + deltas[module].to(value.dtype)
         out[key] = value
     return out
-
-
-def _full(value: torch.Tensor) -> torch.Tensor:
-    """A parameter whole: an FSDP2 shard (``DTensor``) is all-gathered (a collective: every rank
-    syncs its own engine after the same step, in the same state-dict order)."""
-    from torch.distributed.tensor import DTensor
-
-    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 def state_to_bytes(state: dict[str, torch.Tensor]) -> bytes:
