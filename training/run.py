@@ -778,3 +778,8 @@ def _report(t: Trainer, last: dict, total: float) -> None:
 
 if __name__ == "__main__":
     main()
+    # free the trainer (an FSDP model keeps its process group alive through its device mesh)
+    # now, not during interpreter shutdown, where destroying gloo's threads can abort the process
+    import gc
+
+    gc.collect()
