@@ -168,6 +168,11 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` to ``path`` as JSON, atomically: a temporary file, fsync, then rename."""
+    _write_json_atomic(Path(path), obj)
+
+
 @dataclass
 class RunWriter:
     """Append-only writer of one run directory. Writing a record never rewrites earlier ones."""

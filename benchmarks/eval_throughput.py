@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training import eval as ev  # noqa: E402
+from training.evaluation import harness as ev  # noqa: E402
 
 
 def tiny_model(path: Path, hidden: int, layers: int) -> str:

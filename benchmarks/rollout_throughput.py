@@ -23,8 +23,8 @@ import time
 import torch
 
 from training import base, policy, task
-from training.sampler import HFSampler
-from training.vllm_sampler import VLLMSampler, model_state_for_vllm, save_model_dir
+from training.rollout.hf import HFSampler
+from training.rollout.vllm_engine import VLLMSampler, model_state_for_vllm, save_model_dir
 
 
 def parse_args(argv=None):

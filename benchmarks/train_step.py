@@ -43,8 +43,7 @@ def ours(args) -> dict:
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()
         stage = t.stage_at(step)
-        rows, _, _ = t.collect(stage, step)
-        t.update(stage, rows, step, {})
+        t.update(stage, t.collect(stage, step), step)
         times.append(time.perf_counter() - t0)
     t.reward_fn.close()
     return {"times": times, "peak_mb": peak_mb()}

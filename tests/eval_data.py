@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from training import benchmarks as bm
+from training.evaluation import datasets as bm
 
 PRESENT = (bm.DEFAULT_DATA_DIR / "PROVENANCE.md").is_file() or bool(os.environ.get(bm.ENV_VAR))
 needs_eval_data = pytest.mark.skipif(

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from training import benchmarks as bm
+from training.evaluation import datasets as bm
 
 DATA = bm.DEFAULT_DATA_DIR
 from eval_data import needs_eval_data  # noqa: E402

@@ -7,8 +7,8 @@ import torch
 
 import records
 from training import base
-from training import benchmarks as bm
-from training import eval as ev
+from training.evaluation import datasets as bm
+from training.evaluation import harness as ev
 
 from eval_data import needs_eval_data  # noqa: E402
 

@@ -24,7 +24,7 @@ from collections import defaultdict
 
 import pytest
 
-from training import benchmarks as bm
+from training.evaluation import datasets as bm
 from training.grading import BenchmarkReward
 from training.reward import _verify, quick_check
 

@@ -165,7 +165,7 @@ def test_fsdp_run_resumes_exactly(tmp_path):
 SHARDED_STATE = """
 import sys, torch, torch.distributed as d
 from training import base, distributed
-from training.vllm_sampler import model_state_for_vllm
+from training.rollout.vllm_engine import model_state_for_vllm
 d.init_process_group("gloo")
 cfg = base.BaseConfig(hidden_size=32, layers=2, heads=2, kv_heads=2, intermediate_size=64)
 model = base.build_model(cfg, base.char_tokenizer())

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import records
-from training import base, checkpoint, policy, run
+from training import base, checkpoint, loop, policy, run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,8 +118,8 @@ def test_ppo_value_loss_decreases_on_a_fixed_batch(tiny_model, tmp_path):
     cfg = run.parse_args(small("ppo", tiny_model, tmp_path, "--lr", "3e-3"))
     t = run.build(cfg, reward_fn=alternating_reward, log=lambda s: None)
     stage = t.stages[0]
-    rows, _, _ = t.collect(stage, 1)
-    losses = [t.update(stage, rows, 1, {})["train/value_loss"] for _ in range(6)]
+    rollouts = t.collect(stage, 1)
+    losses = [t.update(stage, rollouts, 1)["train/value_loss"] for _ in range(6)]
     assert losses[-1] < 0.8 * losses[0] and losses[1] < losses[0], losses
 
 
@@ -150,7 +150,7 @@ def test_nonfinite_losses_stop_the_run_and_keep_records(tiny_model, tmp_path, mo
         out = real(model, packed, value_head)
         return policy.Scored(out.logp * float("nan"), out.entropy, out.values)
 
-    monkeypatch.setattr(run, "score", nan_score)
+    monkeypatch.setattr(loop, "score", nan_score)
     with pytest.raises(SystemExit):
         run.main(small("grpo", tiny_model, tmp_path, "--steps", "6", "--max-bad-steps", "3"),
                  reward_fn=parity_reward)

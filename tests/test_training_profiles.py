@@ -61,7 +61,7 @@ def test_unknown_profile():
 def test_vllm_missing_message(monkeypatch):
     import builtins
 
-    from training import engines
+    from training.rollout import engines
 
     real = builtins.__import__
 
@@ -79,7 +79,7 @@ def test_tis_wraps_rl_denominator():
     import estimators
     from estimators.parts import TruncatedIS
 
-    from training import engines
+    from training.rollout import engines
 
     est = engines.with_tis(estimators.get("hpt"), 3.0)
     assert isinstance(est.rl.denominator, TruncatedIS) and est.rl.denominator.cap == 3.0

@@ -11,7 +11,8 @@ import torch
 
 import estimators
 from estimators.parts import ConstantNormaliser, KLPenalty
-from training import batching, data, evaluate, task
+from training import batching, data, task
+from training.evaluation import heldout as evaluate
 from training.batching import Row
 from training.config import RunConfig, build_parser, parse_args
 from training.reward import BoxedReward, last_boxed, quick_check
@@ -284,7 +285,7 @@ def test_parse_args_types_and_unknown_preset():
 
 
 def test_run_constants_follow_max_new_tokens():
-    from training.run import make_stages, scale_constants
+    from training.stages import make_stages, scale_constants
 
     hpt = scale_constants(estimators.get("hpt"), 48)
     assert hpt.rl.reduction == ConstantNormaliser(constant=48 * 8, per_row=False)
@@ -320,7 +321,7 @@ def test_char_tokenizer_round_trips_through_autotokenizer(tmp_path):
 
 def test_device_choice_and_its_errors(monkeypatch):
     from training.policy import pack
-    from training.run import resolve_device
+    from training.machine import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") == resolve_device("cpu")

@@ -1,4 +1,4 @@
-"""The vLLM rollout engine (``training.vllm_sampler``) against the HF policy.
+"""The vLLM rollout engine (``training.rollout.vllm_engine``) against the HF policy.
 
 Run in the separate vLLM environment (``scripts/setup_vllm_cpu.sh``):
 
@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from training import base, policy, task
-from training.sampler import HFSampler
-from training.vllm_sampler import VLLMSampler, model_state_for_vllm, save_model_dir
+from training.rollout.hf import HFSampler
+from training.rollout.vllm_engine import VLLMSampler, model_state_for_vllm, save_model_dir
 
 # Largest |log p_vLLM − log p_HF| accepted per token (fp32 both sides). Measured on vllm-cpu
 # 0.32.0 with the embedded base model: ≤ 2e-6 (see docs/vllm.md); the bound leaves headroom for
@@ -132,7 +132,7 @@ def test_generation_works_and_is_seeded(env):
 
 @pytest.mark.vllm
 def test_per_prompt_seeds_in_one_call_equal_one_call_per_prompt(env):
-    from training.engines import SeededSampler
+    from training.rollout.engines import SeededSampler
 
     tok, model, sampler = env
     prompts = _prompts(tok, 6, seed=13)

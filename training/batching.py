@@ -15,7 +15,9 @@ TrainerSteps flag        what the trainer does (function here)
 =======================  ======================================================================
 
 A `Row` is one sequence of the step; `to_batch` turns rows plus scored tensors into an
-`estimators.Batch`.
+`estimators.Batch`. The values the loop's phases hand each other: `Rollouts` (the sampled rows,
+with the engine's log-probs), `StepBatch` (the packed rows with π_θold), `MiniBatch` (one
+optimizer step's rows and plan) and `StepMetrics` (the step's metrics, accumulated).
 """
 from __future__ import annotations
 
@@ -24,7 +26,12 @@ from typing import Callable, Optional
 
 import torch
 
+import records
 from estimators import DEMOS, Batch, TrainerSteps
+
+from .policy import Packed
+
+ROLLOUT_SAMPLES = "rollout/samples"       # sequences generated this step (sample budget)
 
 # DAPO (arXiv 2503.14476 §3.4): L_max = 20480 generated tokens with an overlong buffer
 # L_cache = 4096; a run with a different max length keeps the same ratio.
@@ -44,6 +51,7 @@ class Row:
     sample_idx: int
     example: object
     clipped: bool = False  # hit max_new_tokens without an eos (or a truncated demo)
+    behavior_logp: Optional[tuple] = None  # the engine's log-probs of the response (vLLM)
 
     @property
     def source(self) -> str:
@@ -175,3 +183,113 @@ def minibatches(rows: list[Row], k: int, generator: torch.Generator) -> list[tor
 
 def chunks(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [idx[i:i + size] for i in range(0, len(idx), size)] if len(idx) else []
+
+
+# ------------------------------------------------------------------ the step's values
+
+@dataclass
+class Rollouts:
+    """One step's sampled groups: ``rows`` to train (each rollout with the engine's log-probs
+    when the engine returns them), every row ``generated`` (dynamic sampling drops some), and
+    the rollout metrics."""
+
+    rows: list[Row]
+    generated: list[Row]
+    metrics: dict
+
+    @property
+    def engine_logp(self) -> bool:
+        return any(r.behavior_logp is not None for r in self.rows)
+
+    def behavior_logp(self, logp_old: torch.Tensor) -> torch.Tensor:
+        """[B,T] behaviour log-probs: the engine's where it returned them, else π_θold's (ratio 1)."""
+        out = logp_old.detach().clone()
+        for i, r in enumerate(self.rows):
+            if r.behavior_logp is not None:
+                n = min(len(r.behavior_logp), out.shape[1])
+                out[i, :n] = torch.tensor(r.behavior_logp[:n], dtype=out.dtype, device=out.device)
+        return out
+
+
+class StepMetrics(dict):
+    """The step's metrics row (records keys), filled by the phases of the step; also the gate's
+    decisions (group → "sft" | "rl") and the token sums behind train/entropy and train/demo_nll."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gates: dict = {}
+        self.sums = torch.zeros(4, dtype=torch.float64)  # Σ entropy, tokens, demo NLL, demo tokens
+
+    def add(self, key: str, value: float) -> None:
+        self[key] = self.get(key, 0.0) + value
+
+    def tokens(self, scored, mask: torch.Tensor, is_demo: torch.Tensor) -> None:
+        """Add the entropy and demonstration NLL of scored rows to the step's sums."""
+        demo = is_demo[:, None] * mask
+        with torch.no_grad():
+            self.sums += torch.stack([(scored.entropy * mask).sum(), mask.sum(),
+                                      -(scored.logp * demo).sum(), demo.sum()]).double().cpu()
+
+
+@dataclass
+class StepBatch:
+    """The step's rows as the model sees them (``packed``) and as the estimator sees them
+    (``batch``, with π_θold); ``one_pass``: π_θold comes from the gradient pass itself."""
+
+    packed: Packed
+    batch: object
+    one_pass: bool
+
+
+@dataclass
+class MiniBatch:
+    """One optimizer step's rows: their packed token ids, Batch and plan (normalisers over
+    every rank), the rows with a non-zero weight (``trained``) and the critic's target."""
+
+    stage: object  # training.stages.Stage
+    packed: Packed
+    batch: object
+    plan: object
+    trained: torch.Tensor
+    target: object
+    one_pass: bool
+
+
+def _first_groups(rows: list[Row], k: int) -> list[Row]:
+    keep = set(groups_of(rows)[:k])
+    return [r for r in rows if r.group in keep]
+
+
+def _select_packed(p: Packed, idx: torch.Tensor, trim: bool = True) -> Packed:
+    """Rows ``idx`` of a packed batch; ``trim`` drops response columns that are all padding."""
+    mask = p.mask[idx]
+    T = max(1, int(mask.sum(-1).max())) if trim and len(idx) else p.width
+    P = p.prompt_width
+    return Packed(p.ids[idx, :P + T], p.attention[idx, :P + T], p.positions[idx, :P + T],
+                  mask[:, :T], P)
+
+
+def _trained_rows(plan) -> torch.Tensor:
+    """Indices of rows with a non-zero weight in the plan (other rows are skipped)."""
+    w = (plan.coef != 0) | (plan.ent != 0)
+    for part in plan.parts:
+        w = w | (part.coef != 0)
+    return w.nonzero().squeeze(-1)
+
+
+def _gate_metrics(sub, trained: torch.Tensor, m: dict) -> None:
+    """gate/offline_ratio: demo rows / all rows trained in the (mini-)batch."""
+    demo = sub.is_demo[trained]
+    m[records.GATE_OFFLINE_RATIO] = float(demo.float().mean()) if len(trained) else 0.0
+
+
+def _rollout_metrics(rows: list[Row], max_new_tokens: int) -> dict:
+    roll = [r for r in rows if not r.is_demo]
+    if not roll:
+        return {ROLLOUT_SAMPLES: 0}
+    return {records.ROLLOUT_REWARD: sum(r.reward for r in roll) / len(roll),
+            records.ROLLOUT_ACCURACY: sum(r.correct for r in roll) / len(roll),
+            records.ROLLOUT_LENGTH: sum(len(r.response_ids) for r in roll) / len(roll),
+            records.ROLLOUT_CLIP_FRACTION: sum(r.clipped for r in roll) / len(roll),
+            records.ROLLOUT_ALL_EQUAL: all_equal_fraction(roll),
+            ROLLOUT_SAMPLES: len(roll)}

@@ -74,7 +74,7 @@ class RunConfig:
     device: str = _f("auto", "auto (CUDA when available) | cpu | cuda | cuda:N; a GPU profile refuses to start without CUDA unless --device cpu")
     dtype: str = _f("float32", "parameter dtype: float32 | bfloat16 | float16 (log-probs and the loss stay float32)")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch fully_shard); full-parameter GRPO-family/SFT/HPT runs under torchrun/accelerate")
-    rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.vllm_sampler)")
+    rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.rollout.vllm_engine)")
     tis_cap: float = _f(2.0, "truncated importance sampling cap when the engine returns behaviour log-probs")
     seed_per_prompt: bool = _f(False, "seed rollouts per prompt (always on with several processes, so 1 and N processes sample alike)")
     sft_coef: Optional[float] = _f(None, "HPT: SFT weight beta on prompts the gate sends to SFT; default: the preset's (1.0)")

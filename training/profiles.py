@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 
-import torch
+from .machine import DeviceError, resolve_device
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,11 @@ def apply_profile(cfg, explicit: set = frozenset(), cuda_available=None, out=sys
 
 def check_device(cfg, cuda_available=None) -> None:
     """A GPU profile needs CUDA unless the user forces ``--device cpu``."""
-    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
-    if cfg.profile in GPU_PROFILES and cfg.device != "cpu" and not cuda:
+    if cfg.profile not in GPU_PROFILES:
+        return
+    try:
+        resolve_device("cpu" if cfg.device == "cpu" else "cuda", cuda_available=cuda_available)
+    except DeviceError:
         raise SystemExit(
             f"profile {cfg.profile} needs a CUDA GPU (found none); pass --device cpu to force a "
-            f"CPU run{' and --rollout-engine hf' if cfg.rollout_engine == 'vllm' else ''}")
+            f"CPU run{' and --rollout-engine hf' if cfg.rollout_engine == 'vllm' else ''}") from None

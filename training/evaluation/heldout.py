@@ -18,7 +18,8 @@ def ks_up_to(n: int) -> list[int]:
     return ks + ([n] if n not in ks else [])
 
 
-def _stderr(xs: list[float]) -> float:
+def stderr(xs: list[float]) -> float:
+    """Standard error of the mean of ``xs`` (nan for fewer than two values)."""
     if len(xs) < 2:
         return float("nan")
     m = sum(xs) / len(xs)
@@ -61,7 +62,7 @@ class EvalResult:
 
 def _row(step, benchmark, level, metric, k, values) -> dict:
     return {"step": step, "benchmark": benchmark, "level": level, "metric": metric, "k": k,
-            "value": sum(values) / len(values), "stderr": _stderr(values), "n": len(values)}
+            "value": sum(values) / len(values), "stderr": stderr(values), "n": len(values)}
 
 
 def evaluate(sampler, tok, problems: list, reward_fn, k: int, temperature: float, top_p: float,

@@ -1,8 +1,9 @@
-"""Rollout engines behind one small interface.
+"""The HF ``generate`` rollout engine, and the interface every engine has.
 
     sampler.generate(prompts_token_ids, n, temperature, top_p, max_new_tokens, seed)
         -> completions[i][j] = token ids of the j-th completion of prompt i (eos included when
            generated, padding removed)
+    sampler.generate_with_logprobs(...) -> (completions, the engine's log-probs [i][j][t] or None)
     sampler.sync_weights(model)   # after each optimizer step (a no-op for HF generate)
 
 `HFSampler` uses ``model.generate`` (KV cache, batched, left-padded). Sampling is seeded with
@@ -18,8 +19,13 @@ import torch
 
 
 class Sampler(Protocol):
+    seeds_per_prompt: bool  # accepts ``prompt_seeds=`` (one seed per prompt, one call)
+
     def generate(self, prompts_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[list[list[int]]]: ...
+
+    def generate_with_logprobs(self, prompts_token_ids, n, temperature, top_p, max_new_tokens,
+                               seed) -> tuple[list, Optional[list]]: ...
 
     def sync_weights(self, model) -> None: ...
 
@@ -68,6 +74,12 @@ class HFSampler:
                                       max_new_tokens)
         self.model.train(was_training)
         return [out[i * n:(i + 1) * n] for i in range(len(prompts_token_ids))]
+
+    seeds_per_prompt = False
+
+    def generate_with_logprobs(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
+        """(completions, None): the trainer scores π_θold itself."""
+        return self.generate(prompts_token_ids, n, temperature, top_p, max_new_tokens, seed), None
 
     def _generate(self, seqs, temperature, top_p, max_new_tokens):
         ids, att = left_pad(seqs, self.pad_id)

@@ -1,4 +1,4 @@
-"""vLLM rollout engine behind the ``Sampler`` interface of ``training.sampler``.
+"""vLLM rollout engine behind the ``Sampler`` interface of ``training.rollout.hf``.
 
     sampler = VLLMSampler(model_dir, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     completions = sampler.generate(prompts_token_ids, n, temperature, top_p, max_new_tokens, seed)
@@ -47,7 +47,7 @@ from typing import Any, Optional
 
 import torch
 
-from .distributed import whole
+from ..distributed import whole
 
 LORA_SYNC_MODES = ("adapter", "merged")
 

@@ -1,0 +1,106 @@
+"""What the run trains, stage by stage: the preset's estimator with this run's options and the
+batch-level steps it declares (`estimators.TrainerSteps`), chosen once from the config.
+
+    stages = make_stages(cfg)   # one Stage per preset; ``sft_then_grpo`` gives two
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+import estimators
+from estimators import Hybrid
+from estimators.parts import ConstantNormaliser, KLPenalty, Switch
+
+from . import batching
+from .backends import NoCritic
+from .batching import Row
+from .config import TWO_STAGE, RunConfig
+from .rollout import engines
+
+OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
+
+
+def scale_constants(est, max_new_tokens: int):
+    """Replace every `ConstantNormaliser`'s generation budget C with this run's: per-row
+    (Dr. GRPO) C = max_new_tokens; pooled (official HPT/LUFFY, C = 8192·8) C = max_new_tokens·8."""
+    changes = {}
+    for f in dataclasses.fields(est):
+        v = getattr(est, f.name)
+        if isinstance(v, ConstantNormaliser):
+            c = max_new_tokens * (1 if v.per_row else OFFICIAL_RANKS)
+            changes[f.name] = dataclasses.replace(v, constant=float(c))
+        elif isinstance(v, (estimators.Estimator, Hybrid)):
+            changes[f.name] = scale_constants(v, max_new_tokens)
+    return dataclasses.replace(est, **changes) if changes else est
+
+
+def with_options(est, cfg: RunConfig):
+    """Apply the run's overrides: entropy bonus, KL to the initial policy, gate γ."""
+    if cfg.entropy_coef is not None:
+        est = est.replace(entropy_coef=cfg.entropy_coef)
+    if cfg.kl_coef > 0:
+        kl = KLPenalty(coef=cfg.kl_coef, kind="k3")
+        est = est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
+    if cfg.gate_gamma is not None and isinstance(getattr(est, "gate", None), Switch):
+        est = est.replace(gate=dataclasses.replace(est.gate, gamma=cfg.gate_gamma))
+    if cfg.sft_coef is not None and hasattr(getattr(est, "gate", None), "beta"):
+        est = est.replace(gate=dataclasses.replace(est.gate, beta=cfg.sft_coef))
+    if cfg.rollout_engine == "vllm":  # the engine returns behaviour log-probs: TIS
+        est = engines.with_tis(est, cfg.tis_cap)
+    return est
+
+
+def uses_entropy(est) -> bool:
+    return bool(est.entropy_coef) or any(uses_entropy(getattr(est, n)) for n in ("rl", "sft")
+                                         if hasattr(est, n))
+
+
+@dataclass
+class Stage:
+    """One estimator and the batch-level steps it needs, for steps [first, last]."""
+
+    name: str
+    est: object
+    first: int
+    last: int
+    need: batching.Need
+    shape: Callable[[list[Row]], list[Row]]
+    keep: Callable[[list[Row]], list[Row]]
+    refill_rounds: int
+    epochs: int
+    value_head: bool  # trains a critic (PPO)
+    entropy: bool
+    critic: object = field(default_factory=NoCritic)  # `Critic` where ``value_head``, bound in build
+
+    def with_critic(self, critic) -> "Stage":
+        """This stage with the run's critic when it trains one (PPO), else the null critic."""
+        return dataclasses.replace(self, critic=critic if self.value_head else NoCritic())
+
+    @property
+    def default_gate(self) -> str:
+        """The samples' gate label when no gate decides: "sft" for demo-only training."""
+        return "sft" if self.need.rollouts == 0 else "rl"
+
+
+def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
+    est = with_options(scale_constants(estimators.get(name), cfg.max_new_tokens), cfg)
+    t = est.trainer
+    buffer = batching.scaled_buffer(t.overlong_buffer, cfg.max_new_tokens)
+    return Stage(
+        name, est, first, last, batching.group_layout(est, cfg.n),
+        shape=lambda rows: batching.shape_overlong(rows, cfg.max_new_tokens, buffer, t.overlong_penalty),
+        keep=batching.group_filter(t),
+        refill_rounds=cfg.dynamic_sampling_rounds if t.dynamic_sampling else 0,
+        epochs=cfg.epochs if cfg.epochs is not None else t.epochs,
+        value_head=t.value_head, entropy=uses_entropy(est))
+
+
+def make_stages(cfg: RunConfig) -> list[Stage]:
+    """One stage per preset; a two-stage name (``sft_then_grpo``) splits the steps."""
+    names = TWO_STAGE.get(cfg.preset, (cfg.preset,))
+    if len(names) == 1:
+        return [make_stage(names[0], cfg, 1, cfg.steps)]
+    split = max(1, min(cfg.steps - 1, round(cfg.steps * cfg.stage_split)))
+    return [make_stage(names[0], cfg, 1, split), make_stage(names[1], cfg, split + 1, cfg.steps)]
