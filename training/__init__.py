@@ -1,0 +1,36 @@
+"""Post-training with any estimator preset, and held-out evaluation. A map, by job:
+
+Launch (the commands)
+    ``run``          ``python -m training.run PRESET``: builds the run's objects, launches the loop
+    ``eval``         ``python -m training.eval``: the paper's benchmark evaluation (the harness)
+    ``compare``      ``python -m training.compare``: several presets × seeds, one table
+    ``config``       `RunConfig`: every flag, one typed dataclass; ``profiles``: the paper's set-ups
+
+The loop (the paper's Algorithm 1)
+    ``loop``         `Trainer.step`: sample → score → gate → plan → micro-batches → backward →
+                     optimizer step → log; evaluation, checkpoints, resume
+    ``stages``       what is trained when: the preset with this run's options, its batch-level steps
+    ``batching``     rows → groups → `estimators.Batch`; the values the step's phases hand on
+                     (`Rollouts`, `StepBatch`, `MiniBatch`, `StepMetrics`)
+    ``backends``     chosen at construction: process layout (`Replicated` | `Sharded` FSDP),
+                     `Critic` | `NoCritic`, `NoReference`
+    ``distributed``  data parallelism (`SingleProcess` | `TorchDistributed`), FSDP helpers
+    ``policy``       the HF model: packing, log-probs, LoRA/full loading, value head, π_ref
+    ``checkpoint``   save/restore in the ecosystem's formats; ``machine``: device, versions;
+    ``progress``     timers and the progress bar
+
+Rollout engines (``rollout/``)
+    ``engines``      `make_engine` (one factory for training and evaluation), `make_sampler`
+    ``hf``, ``vllm_engine``   HF ``generate`` and vLLM; ``prompts``: templates, stop tokens
+
+Data and rewards
+    ``task``         the built-in arithmetic task; ``base``: the embedded tiny base model
+    ``data``         examples from the task or a file; ``reward``: ``\\boxed{}`` + math-verify;
+    ``grading``      benchmark grading (math and multiple choice), ``--reward module:function``
+
+Held-out evaluation (``evaluation/``)
+    ``heldout``      avg@k / pass@k during training; ``datasets``: the paper's evaluation sets;
+    ``harness``      the benchmark harness behind ``python -m training.eval``; ``tables``
+
+Speed benchmarks are the top-level ``benchmarks/`` folder, not evaluation sets.
+"""

@@ -223,6 +223,15 @@ class StepMetrics(dict):
     def add(self, key: str, value: float) -> None:
         self[key] = self.get(key, 0.0) + value
 
+    def token_means(self, dist) -> dict:
+        """train/entropy over the response tokens scored this step and train/demo_nll over
+        their demonstration tokens, over all ranks."""
+        ent, n, nll, n_demo = dist.sum_tensor(self.sums).tolist()  # one collective
+        out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
+        if n_demo > 0:
+            out[records.TRAIN_DEMO_NLL] = nll / n_demo
+        return out
+
     def tokens(self, scored, mask: torch.Tensor, is_demo: torch.Tensor) -> None:
         """Add the entropy and demonstration NLL of scored rows to the step's sums."""
         demo = is_demo[:, None] * mask
@@ -293,3 +302,11 @@ def _rollout_metrics(rows: list[Row], max_new_tokens: int) -> dict:
             records.ROLLOUT_CLIP_FRACTION: sum(r.clipped for r in roll) / len(roll),
             records.ROLLOUT_ALL_EQUAL: all_equal_fraction(roll),
             ROLLOUT_SAMPLES: len(roll)}
+
+
+def engine_gap(b: Batch, dist) -> float:
+    """Mean |log p_engine − log π_θold| over the rollout tokens of every rank."""
+    tok = b.mask * b.rollouts[:, None].to(b.mask.dtype)
+    sums = torch.stack([((b.logp_behavior - b.logp_old).abs() * tok).sum(), tok.sum()]).double()
+    gap, n = dist.sum_tensor(sums).tolist()
+    return gap / max(n, 1.0)

@@ -15,10 +15,7 @@ rows with the engine's behaviour log-probs; a `StepMetrics` accumulates the step
 from __future__ import annotations
 
 import math
-import sys
 import time
-from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -36,6 +33,7 @@ from .config import RunConfig
 from .distributed import SingleProcess, clip_grad_norm
 from .evaluation import heldout
 from .policy import Packed, pack, score
+from .progress import Timers, postfix, progress_bar
 from .stages import Stage
 
 DEMOS_TRUNCATED = "data/demos_truncated"  # count of demonstrations cut to max_new_tokens
@@ -44,19 +42,6 @@ TRAIN_STOPPED_BAD = "train/nonfinite_loss"  # 1 when the step's loss was not fin
 
 class RunStopped(RuntimeError):
     """The run stopped early (e.g. consecutive non-finite losses); records are kept."""
-
-
-class Timers(defaultdict):
-    """Wall time per phase (seconds)."""
-
-    def __init__(self):
-        super().__init__(float)
-
-    @contextmanager
-    def __call__(self, phase: str):
-        t0 = time.time()
-        yield
-        self[phase] += time.time() - t0
 
 
 @dataclass
@@ -101,13 +86,13 @@ class Trainer:
         return m
 
     def train(self) -> dict:
-        """Run from ``self.step`` to ``cfg.steps`` with evaluation, records and checkpoints;
+        """Run from ``self.completed`` to ``cfg.steps`` with evaluation, records and checkpoints;
         returns the last metrics row."""
         cfg = self.cfg
         self.writer.set_status("running", self.completed)
         if self.completed == 0:
             self.evaluate(0)
-        bar = _progress(cfg, self.completed)
+        bar = progress_bar(cfg, self.completed)
         last = {}
         for step in range(self.completed + 1, cfg.steps + 1):
             m = self.step(step)
@@ -120,7 +105,7 @@ class Trainer:
             if cfg.save_every and step % cfg.save_every == 0 or step == cfg.steps:
                 self.save(step)
             bar.update(1)
-            bar.set_postfix(_postfix(m))
+            bar.set_postfix(postfix(m))
         bar.close()
         self.writer.set_status("finished", self.completed, "done")
         return last
@@ -200,7 +185,7 @@ class Trainer:
                 for mb in batching.minibatches(rows, k, gen):
                     if not self.optimise(self.mini_batch(stage, sb, mb, m), m):
                         return self.skip_nonfinite(m, "the loss is not finite")
-            m.update(self.token_means(m.sums))
+            m.update(m.token_means(self.dist))
             self.scheduler.step()
         m[records.TRAIN_LOSS] = self.dist.total(m.get(records.TRAIN_LOSS, 0.0))  # global surrogate
         self.bad_in_row = 0
@@ -233,7 +218,7 @@ class Trainer:
         full = batching.to_batch(rows, old.logp, packed.mask, old.values, self.reference.logp(packed))
         if rollouts.engine_logp:
             full = full.replace(logp_behavior=rollouts.behavior_logp(old.logp))
-            m[records.ROLLOUT_ENGINE_GAP] = self.engine_gap(full)
+            m[records.ROLLOUT_ENGINE_GAP] = batching.engine_gap(full, self.dist)
         m.tokens(old, packed.mask, full.is_demo)
         return StepBatch(packed, full, False)
 
@@ -326,22 +311,6 @@ class Trainer:
         if grad:
             (s.logp.sum() * 0.0).backward()
 
-    def engine_gap(self, b) -> float:
-        """Mean |log p_engine − log π_θold| over the rollout tokens of every rank."""
-        tok = b.mask * b.rollouts[:, None].to(b.mask.dtype)
-        sums = torch.stack([((b.logp_behavior - b.logp_old).abs() * tok).sum(), tok.sum()]).double()
-        gap, n = self.dist.sum_tensor(sums).tolist()
-        return gap / max(n, 1.0)
-
-    def token_means(self, sums: torch.Tensor) -> dict:
-        """train/entropy over the response tokens scored this step and train/demo_nll over
-        their demonstration tokens, over all ranks (``sums`` from `StepMetrics.tokens`)."""
-        ent, n, nll, n_demo = self.dist.sum_tensor(sums).tolist()  # one collective
-        out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
-        if n_demo > 0:
-            out[records.TRAIN_DEMO_NLL] = nll / n_demo
-        return out
-
     def skip_nonfinite(self, m: StepMetrics, why: str) -> StepMetrics:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_row += 1
@@ -417,16 +386,3 @@ class Trainer:
 
 def _seed(seed: int, step: int, salt: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2 ** 31 - 1)
-
-
-def _progress(cfg: RunConfig, start: int):
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.steps, initial=start, desc=cfg.preset, disable=not cfg.progress,
-                dynamic_ncols=True, file=sys.stderr)
-
-
-def _postfix(m: dict) -> dict:
-    keys = {records.ROLLOUT_ACCURACY: "acc", records.GATE_SFT_FRACTION: "sft",
-            records.EVAL_ACCURACY: "eval"}
-    return {short: f"{m[k]:.2f}" for k, short in keys.items() if k in m}

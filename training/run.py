@@ -32,8 +32,9 @@ import records  # noqa: E402
 from . import base, checkpoint, data, distributed, task  # noqa: E402
 from .backends import Critic, NoCritic, NoReference, make_backend  # noqa: E402
 from .config import RunConfig, parse_args  # noqa: E402
-from .loop import RunStopped, Timers, Trainer  # noqa: E402
+from .loop import RunStopped, Trainer  # noqa: E402
 from .machine import resolve_device, versions  # noqa: E402
+from .progress import Timers  # noqa: E402
 from .policy import Reference, ValueHead, load_model, load_tokenizer  # noqa: E402
 from .reward import BoxedReward  # noqa: E402
 from .rollout import engines, make_prompt_fn, make_sampler  # noqa: E402
