@@ -271,13 +271,13 @@ class BenchResult:
 
 def pass_k_rows(name: str, ids: list, correct: list, B: int, seed: int) -> list[dict]:
     """avg@n and pass@k (k = 1, 2, 4, ..., n) rows with bootstrap CIs over problems
-    (`probes.passk`; `training.evaluate` with ±1.96·stderr when probes is unavailable)."""
+    (`records.passk`; `training.evaluate` with ±1.96·stderr when it cannot be imported)."""
     import numpy as np
 
-    from .evaluate import ks_up_to
+    from records.passk import ks_powers_of_two_and_n
 
     n = len(correct[0])
-    ks = ks_up_to(n)
+    ks = ks_powers_of_two_and_n(n)
     counts = np.array([sum(c) for c in correct])
     per = [sum(c) / n for c in correct]
     se = _stderr(per)
@@ -286,7 +286,7 @@ def pass_k_rows(name: str, ids: list, correct: list, B: int, seed: int) -> list[
     rows = [{**meta, "metric": "avg@k", "k": n, "value": sum(per) / len(per), "stderr": se,
              "lo": None, "hi": None}]
     try:
-        from probes import passk
+        from records import passk
 
         res = passk.analyse([passk.Counts(list(ids), np.full(len(ids), n), counts)], [name], ks,
                             B=B, seed=seed)

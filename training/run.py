@@ -46,9 +46,6 @@ from .policy import Packed, Reference, ValueHead, load_model, load_tokenizer, pa
 from .reward import BoxedReward  # noqa: E402
 
 OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
-DEMOS_TRUNCATED = "data/demos_truncated"  # count of demonstrations cut to max_new_tokens
-ROLLOUT_SAMPLES = "rollout/samples"       # sequences generated this step (sample budget)
-TRAIN_STOPPED_BAD = "train/nonfinite_loss"  # 1 when the step's loss was not finite
 
 
 class RunStopped(RuntimeError):
@@ -245,7 +242,7 @@ class Trainer:
         m = _rollout_metrics(self.dist.gather(generated), self.cfg.max_new_tokens)
         m[records.ROLLOUT_VERIFIER_TIMEOUTS] = self.dist.total(
             getattr(self.reward_fn, "timeouts", 0) - timeouts0)
-        m[DEMOS_TRUNCATED] = self.demos_truncated
+        m[records.DATA_DEMOS_TRUNCATED] = self.demos_truncated
         return kept, generated, m
 
     def sample_groups(self, stage: Stage, examples: list, step: int, rnd: int, offset: int) -> list[Row]:
@@ -452,9 +449,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_row += 1
         self.scheduler.step()
-        m.update({records.TRAIN_SKIPPED: 1.0, TRAIN_STOPPED_BAD: 1.0,
+        m.update({records.TRAIN_SKIPPED: 1.0, records.TRAIN_NONFINITE_LOSS: 1.0,
                   records.TRAIN_LR: self.scheduler.get_last_lr()[0]})
-        m["train/skip_reason"] = why
+        m[records.TRAIN_SKIP_REASON] = why
         return dict(m)
 
     def stop_if_diverged(self, step: int) -> None:
@@ -565,13 +562,13 @@ def _gate_metrics(sub, trained: torch.Tensor, m: dict) -> None:
 def _rollout_metrics(rows: list[Row], max_new_tokens: int) -> dict:
     roll = [r for r in rows if not r.is_demo]
     if not roll:
-        return {ROLLOUT_SAMPLES: 0}
+        return {records.ROLLOUT_SAMPLES: 0}
     return {records.ROLLOUT_REWARD: sum(r.reward for r in roll) / len(roll),
             records.ROLLOUT_ACCURACY: sum(r.correct for r in roll) / len(roll),
             records.ROLLOUT_LENGTH: sum(len(r.response_ids) for r in roll) / len(roll),
             records.ROLLOUT_CLIP_FRACTION: sum(r.clipped for r in roll) / len(roll),
             records.ROLLOUT_ALL_EQUAL: batching.all_equal_fraction(roll),
-            ROLLOUT_SAMPLES: len(roll)}
+            records.ROLLOUT_SAMPLES: len(roll)}
 
 
 def _progress(cfg: RunConfig, start: int):
@@ -771,7 +768,7 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
 
 def _report(t: Trainer, last: dict, total: float) -> None:
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.timers.items())
-    acc = {k: round(v, 3) for k, v in last.items() if k.startswith("eval/")}
+    acc = {k: round(v, 3) for k, v in last.items() if k.startswith(records.EVAL_PREFIX)}
     print(f"wall time {total:.1f}s ({phases})", file=sys.stderr)
     print(json.dumps({"run_dir": str(t.run_dir), "step": t.step, **acc}))
 
