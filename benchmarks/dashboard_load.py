@@ -4,7 +4,7 @@ Builds 50 runs × 500 steps of synthetic records (tests/fixtures_records.py, wri
 records.RunWriter) in a temporary directory, then times, in the same process:
 
   naive parse     json.loads of every metrics line into DataFrames (no tolerance): baseline
-  cold load       dashboards.state.load_context (records.py readers, st.cache_data empty)
+  cold load       dashboards.state.load_context (records readers, st.cache_data empty)
   cached load     the same again: files unchanged, so only files_signature + cache hits
   run table       the Runs page's table
   first paint     cold / cached load + run table: the default (Runs) page (target < 3 s)
@@ -32,8 +32,9 @@ from streamlit.elements import vega_charts  # noqa: E402
 
 import fixtures_records as fx  # noqa: E402
 import records  # noqa: E402
-from dashboards import charts, data, state  # noqa: E402
+from dashboards import charts, state  # noqa: E402
 from dashboards.views import training  # noqa: E402
+from records import summary, tables  # noqa: E402
 
 TARGET_FIRST_PAINT_S = 3.0
 
@@ -77,10 +78,10 @@ def to_spec(chart) -> dict:
 def training_charts(ctx: state.Context) -> int:
     """Build and serialise the Training page's charts for the default selection."""
     frames = {r: ctx.runs[r].metrics for r in state.default_selection(ctx.training_runs)}
-    built = [to_spec(charts.line_chart(data.tidy_metrics(frames, names), title))
+    built = [to_spec(charts.line_chart(tables.tidy_metrics(frames, names), title))
              for title, names in training.PANELS]
     held = training.held_out_metrics(frames)
-    built.append(to_spec(charts.line_chart(data.tidy_metrics(frames, held), "held-out",
+    built.append(to_spec(charts.line_chart(tables.tidy_metrics(frames, held), "held-out",
                                            facet="metric")))
     return len(built)
 
@@ -89,7 +90,7 @@ def prompts_page(ctx: state.Context) -> int:
     """Samples of one run -> binned per-prompt accuracy -> heatmap."""
     run = next(r for r in ctx.training_runs
                if (ctx.paths[r] / records.SAMPLES).exists())
-    acc = data.bin_steps(data.rollout_accuracy(ctx.samples(run)), 60)
+    acc = tables.bin_steps(tables.rollout_accuracy(ctx.samples(run)), 60)
     to_spec(charts.heatmap(acc, run))
     return len(acc)
 
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
         t_naive, _ = timed(naive_parse, root)
         t_cold, ctx = timed(state.load_context, root)
         t_warm, ctx = timed(state.load_context, root)
-        t_table, _ = timed(lambda: data.runs_table(ctx.runs.values()))
+        t_table, _ = timed(lambda: summary.runs_table(ctx.runs.values()))
         t_charts, _ = timed(training_charts, ctx)
         t_prompts, _ = timed(prompts_page, ctx)
         paint_cold, paint_warm = t_cold + t_table, t_warm + t_table

@@ -18,10 +18,12 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboards import data, state  # noqa: E402
+from dashboards import state  # noqa: E402
 from dashboards.views import PAGES  # noqa: E402
+from records import tables  # noqa: E402
 
 MAX_NOTES_SHOWN = 20
+FIRST_RUN_COMMAND = "python -m training.run hpt"
 
 
 def page_index(requested: str | None) -> int:
@@ -45,9 +47,9 @@ def show_empty(root) -> None:
     st.title("No runs yet")
     st.info(f"No run records found in `{root}`. Create a first run (the embedded default, a "
             "few minutes on CPU), then refresh this page:")
-    st.code(data.FIRST_RUN_COMMAND, language="bash")
+    st.code(FIRST_RUN_COMMAND, language="bash")
     st.caption(f"Another directory: `streamlit run dashboards/app.py -- --runs DIR` or "
-               f"`{data.ENV_RUNS_DIR}=DIR`.")
+               f"`{tables.ENV_RUNS_DIR}=DIR`.")
 
 
 def sidebar(ctx: state.Context) -> str:
@@ -66,7 +68,7 @@ def sidebar(ctx: state.Context) -> str:
 def main(argv: list[str]) -> None:
     """Render the chosen page over the runs directory."""
     st.set_page_config(page_title="UPGE runs", layout="wide")
-    root = data.resolve_runs_dir(argv, os.environ)
+    root = tables.resolve_runs_dir(argv, os.environ)
     ctx = state.load_context(root)
     if not ctx.runs:
         show_notes(ctx.notes)

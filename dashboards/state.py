@@ -13,34 +13,34 @@ import pandas as pd
 import streamlit as st
 
 import records
-from dashboards import data
+from records import tables
 
 MAX_DEFAULT_SELECTED = 8
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
-def cached_run(path: str, root: str, signature: tuple) -> data.RunRecords:
+def cached_run(path: str, root: str, signature: tuple) -> tables.RunRecords:
     """Light records of one run, eval scores left for :func:`cached_eval` (``signature`` is
     only the cache key)."""
-    return data.load_run(Path(path), Path(root), with_eval=False)
+    return tables.load_run(Path(path), Path(root), with_eval=False)
 
 
 @st.cache_data(show_spinner=False, max_entries=1024)
 def cached_eval(path: str, root: str, signature: tuple) -> tuple[pd.DataFrame, list[str]]:
     """eval/scores.jsonl of one run (``signature`` is only the cache key)."""
-    return data.load_eval(Path(path), Path(root))
+    return tables.load_eval(Path(path), Path(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_samples(path: str, root: str, signature: tuple) -> tuple[pd.DataFrame, list[str]]:
     """samples.jsonl of one run (``signature`` is only the cache key)."""
-    return data.load_samples(Path(path), Path(root))
+    return tables.load_samples(Path(path), Path(root))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def cached_probes(path: str, root: str, signature: tuple) -> tuple[pd.DataFrame, list[str]]:
     """Probe rows of one run (``signature`` is only the cache key)."""
-    return data.load_probes(Path(path), Path(root))
+    return tables.load_probes(Path(path), Path(root))
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Context:
     """The runs directory, its runs' light records, the sidebar selection and the notes."""
 
     root: Path
-    runs: dict[str, data.RunRecords]
+    runs: dict[str, tables.RunRecords]
     paths: dict[str, Path]
     signatures: dict[str, tuple]
     selected: list[str] = field(default_factory=list)
@@ -80,12 +80,12 @@ class Context:
                 self.notes.extend(notes)
                 parts.append(df)
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-            columns=[*data.PROBE_COLUMNS, "run"])
+            columns=[*tables.PROBE_COLUMNS, "run"])
 
 
 def load_context(root: Path) -> Context:
     """Discover and load every run under ``root`` (through the cache)."""
-    paths, notes = data.discover_runs(root)
+    paths, notes = tables.discover_runs(root)
     by_id = {p.name: p for p in paths}
     sigs = {run: records.files_signature(p) for run, p in by_id.items()}
     runs = {run: cached_run(str(p), str(root), sigs[run]) for run, p in by_id.items()}

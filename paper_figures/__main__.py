@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from dashboards.data import ENV_RUNS_DIR
 from paper_figures import SCRIPTS
 from paper_figures.common import (MINUTES_PER_RUN, FigureResult, Requirement, RunIndex, report,
                                   unique_requirements)
+from records.tables import ENV_RUNS_DIR
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

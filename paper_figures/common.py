@@ -1,7 +1,7 @@
 """Shared pieces of the paper-figure scripts: finding the runs a figure needs, saying which
 command makes a missing one, drawing line panels, and saving PNG + PDF.
 
-Records are read through :mod:`dashboards.data` (itself a reader of :mod:`records`); no torch.
+Records are read through :mod:`records` (its tables and run summaries); no torch.
 Every figure function returns a :class:`FigureResult` whose ``data`` is exactly what was
 plotted, so tests can compare it with the records.
 """
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dashboards import data  # noqa: E402
+from records import summary, tables  # noqa: E402
 
 FORMATS = ("png", "pdf")
 DPI = 150
@@ -40,14 +40,14 @@ class Requirement:
     def matches(self, config: dict) -> bool:
         """Whether a run's config is a run of this requirement (a missing gate_gamma is 0,
         the default of every preset; None fields match anything)."""
-        if data.method_of(config) != self.preset:
+        if summary.method_of(config) != self.preset:
             return False
-        if self.gate_gamma is not None and data.config_get(config, "gate_gamma",
+        if self.gate_gamma is not None and summary.config_get(config, "gate_gamma",
                                                            default=0) != self.gate_gamma:
             return False
-        if self.model is not None and data.config_get(config, "model") != self.model:
+        if self.model is not None and summary.config_get(config, "model") != self.model:
             return False
-        return self.seed is None or data.config_get(config, "seed") == self.seed
+        return self.seed is None or summary.config_get(config, "seed") == self.seed
 
     def argv(self) -> list[str]:
         """Arguments of ``python -m training.run``."""
@@ -80,19 +80,19 @@ class RunIndex:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        paths, self.notes = data.discover_runs(self.root)
-        self.runs = [data.load_run(p, self.root) for p in paths]
+        paths, self.notes = tables.discover_runs(self.root)
+        self.runs = [tables.load_run(p, self.root) for p in paths]
         for rec in self.runs:
             self.notes.extend(rec.notes)
         self._samples: dict[str, pd.DataFrame] = {}
 
-    def find(self, req: Requirement) -> list[data.RunRecords]:
+    def find(self, req: Requirement) -> list[tables.RunRecords]:
         """Runs matching a requirement (all seeds unless it pins one)."""
         return [r for r in self.runs if r.config and req.matches(r.config)]
 
-    def samples(self, rec: data.RunRecords) -> pd.DataFrame:
+    def samples(self, rec: tables.RunRecords) -> pd.DataFrame:
         if rec.run_id not in self._samples:
-            df, notes = data.load_samples(rec.path, self.root)
+            df, notes = tables.load_samples(rec.path, self.root)
             self.notes.extend(notes)
             self._samples[rec.run_id] = df
         return self._samples[rec.run_id]
@@ -106,7 +106,7 @@ def unique_requirements(reqs) -> list[Requirement]:
 # ------------------------------------------------------------------------------ curves
 
 
-def mean_curve(recs: Sequence[data.RunRecords], column: str) -> pd.DataFrame:
+def mean_curve(recs: Sequence[tables.RunRecords], column: str) -> pd.DataFrame:
     """Mean over runs (seeds) of one metric per step: columns step, value, n_runs."""
     parts = [r.metrics[["step", column]].rename(columns={column: "value"})
              for r in recs if column in r.metrics.columns]
@@ -232,7 +232,7 @@ def report(result: FigureResult) -> str:
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--runs", type=Path, default=Path(data.DEFAULT_RUNS_DIR),
+    parser.add_argument("--runs", type=Path, default=Path(tables.DEFAULT_RUNS_DIR),
                         help="runs directory (default: ./runs)")
     parser.add_argument("--out", type=Path, default=Path("figures"),
                         help="output directory (default: ./figures)")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards import passk
 from paper_figures.common import (FigureResult, Requirement, RunIndex, draw_line_panels,
                                   save, script_main)
+from records import passk
 
 NAME = "fig2_passk"
 METHODS = (("HPT", Requirement("hpt", gate_gamma=0)), ("LUFFY", Requirement("luffy")),

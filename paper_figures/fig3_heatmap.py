@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards import data
 from paper_figures.common import (FigureResult, Requirement, RunIndex, draw_heatmaps, save,
                                   script_main)
+from records import tables
 
 NAME = "fig3_heatmap"
 RUN = Requirement("sft_then_grpo")
@@ -20,7 +20,7 @@ def accuracy_cells(index: RunIndex, req: Requirement):
     recs = index.find(req)
     if not recs:
         return None
-    return data.bin_steps(data.rollout_accuracy(index.samples(recs[0])), MAX_COLUMNS)
+    return tables.bin_steps(tables.rollout_accuracy(index.samples(recs[0])), MAX_COLUMNS)
 
 
 def make(index: RunIndex, out: Path) -> FigureResult:

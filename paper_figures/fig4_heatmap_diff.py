@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboards import data
 from paper_figures.common import (FigureResult, Requirement, RunIndex, draw_heatmaps, save,
                                   script_main)
 from paper_figures.fig3_heatmap import RUN as BASELINE
 from paper_figures.fig3_heatmap import accuracy_cells
+from records import tables
 
 NAME = "fig4_heatmap_diff"
 HPT = Requirement("hpt", gate_gamma=0)
@@ -21,7 +21,7 @@ def make(index: RunIndex, out: Path) -> FigureResult:
     missing = [req for req, cells in ((HPT, hpt), (BASELINE, base)) if cells is None]
     if missing or hpt.empty or base.empty:
         return FigureResult(NAME, pd.DataFrame(), missing=missing)
-    diff = data.accuracy_difference(hpt, base)
+    diff = tables.accuracy_difference(hpt, base)
     fig = draw_heatmaps(diff, "difference", "HPT − SFT→GRPO rollout accuracy", diverging=True)
     return FigureResult(NAME, diff, files=save(fig, out, NAME))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import records
-from dashboards import data
 from paper_figures.common import FigureResult, Requirement, RunIndex, line_figure, script_main
+from records import tables
 
 NAME = "fig5_val_accuracy"
 CURVES = (("GRPO", Requirement("grpo")), ("LUFFY", Requirement("luffy")),
@@ -16,7 +16,7 @@ CURVES = (("GRPO", Requirement("grpo")), ("LUFFY", Requirement("luffy")),
 def level_panels(index: RunIndex) -> list[tuple[str, str]]:
     """(panel title, metric column) for each held-out level any run logged."""
     cols = sorted({c for r in index.runs
-                   for c in data.metric_columns(r.metrics, records.EVAL_ACCURACY + "/")})
+                   for c in tables.metric_columns(r.metrics, records.EVAL_ACCURACY + "/")})
     return [(c.rsplit("/", 1)[1], c) for c in cols] or [("all", records.EVAL_ACCURACY)]
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import records
-from dashboards import data
 from paper_figures.common import FigureResult, Requirement, RunIndex, line_figure, script_main
+from records import summary
 
 NAME = "fig6_offline_ratio"
 HPT = Requirement("hpt", gate_gamma=0)
@@ -16,7 +16,7 @@ PANEL = (("offline data ratio", records.GATE_OFFLINE_RATIO),)
 
 def curve_specs(index: RunIndex) -> list[tuple[str, Requirement]]:
     """One HPT curve per model found (or the plain HPT requirement when none), plus LUFFY."""
-    models = sorted({data.config_get(r.config, "model") for r in index.find(HPT)} - {None})
+    models = sorted({summary.config_get(r.config, "model") for r in index.find(HPT)} - {None})
     hpt = [(f"HPT ({m})", Requirement("hpt", gate_gamma=0, model=m)) for m in models]
     return (hpt or [("HPT", HPT)]) + [("LUFFY", Requirement("luffy"))]
 

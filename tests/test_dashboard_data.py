@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboards import data, passk
+from records import passk
+from records import tables as data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +112,7 @@ def test_no_torch_or_training_imports(package):
 
 
 def test_app_modules_load_without_torch():
-    code = ("import sys; import dashboards.views, dashboards.data, paper_figures; "
+    code = ("import sys; import dashboards.views, records.tables, paper_figures; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 

@@ -31,7 +31,6 @@ from estimators import DEMOS, Batch, TrainerSteps
 
 from .policy import Packed
 
-ROLLOUT_SAMPLES = "rollout/samples"       # sequences generated this step (sample budget)
 
 # DAPO (arXiv 2503.14476 §3.4): L_max = 20480 generated tokens with an overlong buffer
 # L_cache = 4096; a run with a different max length keeps the same ratio.
@@ -295,13 +294,13 @@ def _gate_metrics(sub, trained: torch.Tensor, m: dict) -> None:
 def _rollout_metrics(rows: list[Row], max_new_tokens: int) -> dict:
     roll = [r for r in rows if not r.is_demo]
     if not roll:
-        return {ROLLOUT_SAMPLES: 0}
+        return {records.ROLLOUT_SAMPLES: 0}
     return {records.ROLLOUT_REWARD: sum(r.reward for r in roll) / len(roll),
             records.ROLLOUT_ACCURACY: sum(r.correct for r in roll) / len(roll),
             records.ROLLOUT_LENGTH: sum(len(r.response_ids) for r in roll) / len(roll),
             records.ROLLOUT_CLIP_FRACTION: sum(r.clipped for r in roll) / len(roll),
             records.ROLLOUT_ALL_EQUAL: all_equal_fraction(roll),
-            ROLLOUT_SAMPLES: len(roll)}
+            records.ROLLOUT_SAMPLES: len(roll)}
 
 
 def engine_gap(b: Batch, dist) -> float:

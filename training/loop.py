@@ -36,9 +36,6 @@ from .policy import Packed, pack, score
 from .progress import Timers, postfix, progress_bar
 from .stages import Stage
 
-DEMOS_TRUNCATED = "data/demos_truncated"  # count of demonstrations cut to max_new_tokens
-TRAIN_STOPPED_BAD = "train/nonfinite_loss"  # 1 when the step's loss was not finite
-
 
 class RunStopped(RuntimeError):
     """The run stopped early (e.g. consecutive non-finite losses); records are kept."""
@@ -133,7 +130,7 @@ class Trainer:
         m = _rollout_metrics(self.dist.gather(generated), self.cfg.max_new_tokens)
         m[records.ROLLOUT_VERIFIER_TIMEOUTS] = self.dist.total(
             getattr(self.reward_fn, "timeouts", 0) - timeouts0)
-        m[DEMOS_TRUNCATED] = self.demos_truncated
+        m[records.DATA_DEMOS_TRUNCATED] = self.demos_truncated
         return Rollouts(kept, generated, m)
 
     def sample_groups(self, stage: Stage, examples: list, step: int, rnd: int, offset: int) -> list[Row]:
@@ -315,9 +312,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_in_row += 1
         self.scheduler.step()
-        m.update({records.TRAIN_SKIPPED: 1.0, TRAIN_STOPPED_BAD: 1.0,
+        m.update({records.TRAIN_SKIPPED: 1.0, records.TRAIN_NONFINITE_LOSS: 1.0,
                   records.TRAIN_LR: self.scheduler.get_last_lr()[0]})
-        m["train/skip_reason"] = why
+        m[records.TRAIN_SKIP_REASON] = why
         return m
 
     def stop_if_diverged(self, step: int) -> None:

@@ -169,7 +169,7 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
 
 def _report(t: Trainer, last: dict, total: float) -> None:
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in t.timers.items())
-    acc = {k: round(v, 3) for k, v in last.items() if k.startswith("eval/")}
+    acc = {k: round(v, 3) for k, v in last.items() if k.startswith(records.EVAL_PREFIX)}
     print(f"wall time {total:.1f}s ({phases})", file=sys.stderr)
     print(json.dumps({"run_dir": str(t.run_dir), "step": t.completed, **acc}))
 

@@ -5,8 +5,9 @@ import pandas as pd
 import streamlit as st
 
 import records
-from dashboards import charts, data
+from dashboards import charts
 from dashboards.state import Context
+from records import summary, tables
 
 CURVES = (records.ROLLOUT_REWARD, records.EVAL_ACCURACY)
 
@@ -16,9 +17,9 @@ def final_levels(ctx: Context, runs: list[str]) -> pd.DataFrame:
     rows = []
     for run in runs:
         df = ctx.runs[run].metrics
-        for col in data.metric_columns(df, records.EVAL_ACCURACY + "/"):
+        for col in tables.metric_columns(df, records.EVAL_ACCURACY + "/"):
             rows.append({"run": run, "level": col.rsplit("/", 1)[1],
-                         "accuracy": data.last_value(df, col)})
+                         "accuracy": summary.last_value(df, col)})
     return pd.DataFrame(rows, columns=["run", "level", "accuracy"])
 
 
@@ -30,11 +31,11 @@ def render(ctx: Context) -> None:
     if len(runs) < 2:
         st.info("Pick two or more runs.")
         return
-    summary = data.runs_table(ctx.runs[r] for r in runs).set_index("run").T.astype(str)
-    st.dataframe(summary)
+    side_by_side = summary.runs_table(ctx.runs[r] for r in runs).set_index("run").T.astype(str)
+    st.dataframe(side_by_side)
     frames = {r: ctx.runs[r].metrics for r in runs}
     for name in CURVES:
-        tidy = data.tidy_metrics(frames, [name])
+        tidy = tables.tidy_metrics(frames, [name])
         if not tidy.empty:
             st.altair_chart(charts.line_chart(tidy, name, name), key=f"cmp_{name}")
     levels = final_levels(ctx, runs)
@@ -43,7 +44,7 @@ def render(ctx: Context) -> None:
                                          "Final held-out accuracy per level"), key="cmp_levels")
     st.header("Config differences")
     only = st.checkbox("Only keys that differ", value=True, key="cmp_only_diff")
-    diff = data.config_diff({r: ctx.runs[r].config for r in runs}, only_differences=only)
+    diff = tables.config_diff({r: ctx.runs[r].config for r in runs}, only_differences=only)
     if diff.empty:
         st.caption("The configs are identical.")
     for part, rows in diff.groupby("part", sort=True):

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, data
+from dashboards import charts
 from dashboards.state import Context
+from records import tables
 
 VARIANCE_METRICS = ("cos", "trCov", "SNR")
 BIAS_METRICS = ("rel_bias", "cos", "dir_err", "scale")
@@ -14,7 +15,7 @@ BIAS_METRICS = ("rel_bias", "cos", "dir_err", "scale")
 def fix_other_settings(rows: pd.DataFrame, swept: str, key: str) -> pd.DataFrame:
     """Hold fixed, at a value the user picks, each setting that varies besides the swept one
     for the same estimator (so every line is one curve)."""
-    for col in data.varying_settings(rows, swept):
+    for col in tables.varying_settings(rows, swept):
         values = sorted(rows[col].dropna().unique(), key=str)
         choice = st.selectbox(f"{col[2:]} (for the {swept} sweep)", values, key=f"{key}_{col}")
         rows = rows[rows[col] == choice]
@@ -34,15 +35,15 @@ def render(ctx: Context) -> None:
     rows = probes[probes["probe"] == probe].dropna(axis=1, how="all")
     st.subheader("Probe table")
     st.caption("Click a column header to sort.")
-    st.dataframe(data.probe_table(rows), hide_index=True)
-    stale = data.staleness_key(rows)
+    st.dataframe(tables.probe_table(rows), hide_index=True)
+    stale = tables.staleness_key(rows)
     fresh = rows[rows[f"s:{stale}"].isna()] if stale else rows
-    g_rows = data.sweep(fix_other_settings(fresh, "G", "est_g"), "G", VARIANCE_METRICS)
+    g_rows = tables.sweep(fix_other_settings(fresh, "G", "est_g"), "G", VARIANCE_METRICS)
     if not g_rows.empty:
         st.altair_chart(charts.sweep_chart(g_rows, "cos / trCov / SNR vs group size G", "G"),
                         key="chart_vs_g")
     if stale:
-        s_rows = data.sweep(fix_other_settings(rows[rows[f"s:{stale}"].notna()], stale,
+        s_rows = tables.sweep(fix_other_settings(rows[rows[f"s:{stale}"].notna()], stale,
                                                "est_k"), stale, BIAS_METRICS)
         if not s_rows.empty:
             st.altair_chart(charts.sweep_chart(s_rows, f"Bias vs staleness ({stale})",

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, passk
+from dashboards import charts
 from dashboards.state import Context
+from records import passk
 
 
 def run_curves(ctx: Context, run: str, level: str) -> pd.DataFrame:

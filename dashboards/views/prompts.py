@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboards import charts, data
+from dashboards import charts
 from dashboards.state import Context
+from records import tables
 
 NONE = "(none)"
 
@@ -37,13 +38,13 @@ def render(ctx: Context) -> None:
     run_a = col1.selectbox("Run", runs, key="prompts_run")
     run_b = col2.selectbox("Minus run (difference)", [NONE] + runs, key="prompts_run_b")
     max_cols = col3.slider("Max step columns", 10, 200, 60, key="prompts_cols")
-    acc_a = data.rollout_accuracy(ctx.samples(run_a))
-    st.altair_chart(charts.heatmap(data.bin_steps(acc_a, max_cols),
+    acc_a = tables.rollout_accuracy(ctx.samples(run_a))
+    st.altair_chart(charts.heatmap(tables.bin_steps(acc_a, max_cols),
                                    f"Rollout accuracy per prompt: {run_a}"), key="chart_heat")
     if run_b != NONE:
-        acc_b = data.rollout_accuracy(ctx.samples(run_b))
-        diff = data.accuracy_difference(data.bin_steps(acc_a, max_cols),
-                                        data.bin_steps(acc_b, max_cols))
+        acc_b = tables.rollout_accuracy(ctx.samples(run_b))
+        diff = tables.accuracy_difference(tables.bin_steps(acc_a, max_cols),
+                                        tables.bin_steps(acc_b, max_cols))
         if diff.empty:
             st.caption("The two runs share no (prompt, step) cells.")
         else:

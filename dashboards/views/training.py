@@ -4,8 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 import records
-from dashboards import charts, data
+from dashboards import charts
 from dashboards.state import Context
+from records import tables
 
 PANELS = (
     ("Reward", (records.ROLLOUT_REWARD,)),
@@ -19,7 +20,7 @@ PANELS = (
 
 def held_out_metrics(frames: dict) -> list[str]:
     """``eval/accuracy`` and its per-level columns present in any of the frames."""
-    cols = {c for df in frames.values() for c in data.metric_columns(df, records.EVAL_ACCURACY)}
+    cols = {c for df in frames.values() for c in tables.metric_columns(df, records.EVAL_ACCURACY)}
     return sorted(cols)
 
 
@@ -33,11 +34,11 @@ def render(ctx: Context) -> None:
     window = st.slider("Smoothing (rolling mean, steps)", 1, 50, 1, key="train_smooth")
     held = held_out_metrics(frames)
     if held:
-        tidy = data.tidy_metrics(frames, held)
+        tidy = tables.tidy_metrics(frames, held)
         st.altair_chart(charts.line_chart(tidy, "Held-out accuracy per level", "accuracy",
                                           facet="metric"), key="chart_heldout")
     for title, names in PANELS:
-        tidy = data.smooth(data.tidy_metrics(frames, names), window)
+        tidy = tables.smooth(tables.tidy_metrics(frames, names), window)
         if tidy.empty:
             st.caption(f"{title}: not logged by the selected runs.")
             continue
@@ -48,5 +49,5 @@ def render(ctx: Context) -> None:
                    - {n for _, names in PANELS for n in names} - set(held))
     chosen = st.multiselect("Other metrics", extra, key="train_extra")
     for name in chosen:
-        tidy = data.smooth(data.tidy_metrics(frames, [name]), window)
+        tidy = tables.smooth(tables.tidy_metrics(frames, [name]), window)
         st.altair_chart(charts.line_chart(tidy, name, name), key=f"chart_extra_{name}")

@@ -12,6 +12,6 @@ module             holds
 ``tables``         the paper-shaped markdown tables of a harness run
 =================  ===========================================================================
 
-pass@k and its bootstrap CIs are `probes.passk`'s (the one implementation). Speed benchmarks
+pass@k and its bootstrap CIs are `records.passk`'s (the one implementation). Speed benchmarks
 are elsewhere: the top-level ``benchmarks/`` folder.
 """

@@ -19,7 +19,7 @@ Output (run records, ``--out``, default ``runs/eval-<model>-<time>``)::
 
 Rollout engines: ``hf`` or ``vllm``, built by `training.rollout.make_engine` (the factory
 training uses); prompts from `training.rollout.prompts` (the templates training uses); pass@k
-and its bootstrap CIs from `probes.passk` (the one implementation).
+and its bootstrap CIs from `records.passk` (the one implementation).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ from ..rollout import ENGINES, TEMPLATES, make_engine  # noqa: E402
 from ..rollout import prompts as templates  # noqa: E402
 from ..rollout.engines import EngineUnavailable  # noqa: E402
 from . import datasets as bm  # noqa: E402
-from .heldout import ks_up_to, stderr  # noqa: E402
+from .heldout import stderr  # noqa: E402
 from .tables import averages, format_tables  # noqa: E402
 
 
@@ -254,12 +254,13 @@ class BenchResult:
 
 def pass_k_rows(name: str, ids: list, correct: list, B: int, seed: int) -> list[dict]:
     """avg@n and pass@k (k = 1, 2, 4, ..., n) rows with bootstrap CIs over problems
-    (`probes.passk`, the one implementation of pass@k)."""
+    (`records.passk`, the one implementation of pass@k)."""
     import numpy as np
-    from probes import passk
+
+    from records import passk
 
     n = len(correct[0])
-    ks = ks_up_to(n)
+    ks = passk.ks_powers_of_two_and_n(n)
     counts = np.array([sum(c) for c in correct])
     per = [sum(c) / n for c in correct]
     meta = {"step": 0, "benchmark": name, "level": "all", "n": len(correct),

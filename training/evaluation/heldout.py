@@ -1,7 +1,8 @@
 """Held-out evaluation: avg@k and unbiased pass@k per level and overall.
 
 pass@k (Chen et al. 2021, arXiv 2107.03374) from n samples with c correct is
-`probes.passk.pass_at_k` (the stable product form 1 − Π_{i=n−c+1..n} (1 − k/i)).
+`records.passk.pass_at_k` (the stable product form 1 − Π_{i=n−c+1..n} (1 − k/i)), at
+k = 1, 2, 4, … and n (`records.passk.ks_powers_of_two_and_n`).
 """
 from __future__ import annotations
 
@@ -9,13 +10,7 @@ import math
 from dataclasses import dataclass
 
 import records
-from probes.passk import pass_at_k  # noqa: F401  (one implementation, re-exported here)
-
-
-def ks_up_to(n: int) -> list[int]:
-    """1, 2, 4, ... up to n, plus n itself."""
-    ks = [2 ** i for i in range(int(math.log2(n)) + 1)] if n >= 1 else []
-    return ks + ([n] if n not in ks else [])
+from records.passk import ks_powers_of_two_and_n, pass_at_k
 
 
 def stderr(xs: list[float]) -> float:
@@ -43,7 +38,7 @@ class EvalResult:
         for level, idx in groups.items():
             avg = [sum(self.correct[i]) / n for i in idx]
             out.append(_row(step, benchmark, level, "avg@k", n, avg))
-            for k in ks_up_to(n):
+            for k in ks_powers_of_two_and_n(n):
                 pk = [pass_at_k(n, int(sum(self.correct[i])), k) for i in idx]
                 out.append(_row(step, benchmark, level, "pass@k", k, pk))
         return out

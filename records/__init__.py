@@ -1,8 +1,19 @@
-"""Run records: the one module that owns the on-disk format of ``runs/<run_id>/``.
+"""Run records: the one package that owns the on-disk format of ``runs/<run_id>/`` and its
+reading into tables.
 
-Training, probes and evaluation write through :class:`RunWriter`; the dashboard and the paper
-figures read through the ``read_*`` functions. Only the standard library is used, so readers
-never pull in torch.
+Training, probes and evaluation write through :class:`RunWriter`; everything reads through the
+``read_*`` functions here and the modules below. ``dashboards/`` and ``paper_figures/`` import
+this package and nothing else of the project.
+
+==========================  ==============================================================
+``records`` (this module)   format, writer, jsonl readers, metric names; standard library only
+``records.passk``           the one pass@k: unbiased estimator, bootstrap CIs, crossing k*
+                            (numpy; its pandas curve tables import pandas when called)
+``records.tables``          run directories -> pandas frames (metrics, eval, samples, probes)
+``records.summary``         one row per run: method, model, final accuracy, wall time
+==========================  ==============================================================
+
+Nothing here imports torch.
 
 Layout of one run directory::
 
@@ -28,10 +39,13 @@ Metric names (namespaced; defined here once and used everywhere):
                                   steps score only the trained rows)
 ``train/kl``                      mean KL estimate to the reference policy (when used)
 ``train/skipped``                 1 when the optimizer step was skipped (non-finite/oversized)
+``train/nonfinite_loss``          1 when the step's loss or gradient was not finite
+``train/skip_reason``             why the step was skipped (text; only on skipped steps)
 ``train/value_loss``              critic loss (PPO)
 ``train/demo_nll``                mean per-token NLL of the step's demonstrations before the update
                                   (the SFT loss; the surrogate's value says nothing for SFT)
 ``rollout/reward``                mean reward of the on-policy rollouts
+``rollout/samples``               sequences generated this step (the sample budget)
 ``rollout/accuracy``              fraction of rollouts judged correct
 ``rollout/response_length``       mean response length in tokens
 ``rollout/clip_fraction``         fraction of responses that hit the length limit
@@ -41,8 +55,11 @@ Metric names (namespaced; defined here once and used everywhere):
                                   rollouts: the sampler/trainer mismatch TIS corrects; a stale
                                   weight sync shows here)
 ``gate/sft_fraction``             fraction of prompts the HPT gate sent to SFT
+``gate/mean_beta``                mean SFT weight β over the gated prompts (``Hybrid`` estimator
+                                  stats; ``estimators`` writes the literal, it imports no records)
 ``gate/offline_ratio``            demo rows / (demo rows + on-policy rows) in the batch (Figs. 6, 8)
 ``grad/norm``                     gradient norm before clipping
+``data/demos_truncated``          demonstrations cut to max_new_tokens so far (running count)
 ``eval/accuracy``                 held-out avg@k over all levels
 ``eval/accuracy/<level>``         held-out avg@k per level or benchmark
 ``eval/pass@<k>``                 held-out unbiased pass@k
@@ -75,16 +92,22 @@ TRAIN_KL = "train/kl"
 TRAIN_SKIPPED = "train/skipped"
 TRAIN_VALUE_LOSS = "train/value_loss"
 TRAIN_DEMO_NLL = "train/demo_nll"
+TRAIN_NONFINITE_LOSS = "train/nonfinite_loss"
+TRAIN_SKIP_REASON = "train/skip_reason"
 ROLLOUT_REWARD = "rollout/reward"
 ROLLOUT_ACCURACY = "rollout/accuracy"
+ROLLOUT_SAMPLES = "rollout/samples"
 ROLLOUT_LENGTH = "rollout/response_length"
 ROLLOUT_CLIP_FRACTION = "rollout/clip_fraction"
 ROLLOUT_ALL_EQUAL = "rollout/all_equal_fraction"
 ROLLOUT_VERIFIER_TIMEOUTS = "rollout/verifier_timeouts"
 ROLLOUT_ENGINE_GAP = "rollout/engine_logp_gap"
 GATE_SFT_FRACTION = "gate/sft_fraction"
+GATE_MEAN_BETA = "gate/mean_beta"
 GATE_OFFLINE_RATIO = "gate/offline_ratio"
 GRAD_NORM = "grad/norm"
+DATA_DEMOS_TRUNCATED = "data/demos_truncated"
+EVAL_PREFIX = "eval/"  # every held-out evaluation key starts with it
 EVAL_ACCURACY = "eval/accuracy"
 STEP_SECONDS = "time/step_seconds"
 
@@ -94,7 +117,7 @@ def eval_accuracy_key(level: str) -> str:
 
 
 def eval_passk_key(k: int) -> str:
-    return f"eval/pass@{k}"
+    return f"{EVAL_PREFIX}pass@{k}"
 
 
 # Row schemas (field -> meaning). Extra fields are allowed; these are always present.
