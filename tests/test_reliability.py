@@ -230,3 +230,95 @@ def test_threads_follow_free_cores(cores, load, threads):
 def test_auto_threads_never_exceed_the_affinity():
     n, why = resources.auto_threads()
     assert 1 <= n <= len(os.sched_getaffinity(0)) and "cores" in why
+
+
+# ----------------------------------------------------------------------------------- rewards
+
+# (answer, ground truth, score a mathematician gives)
+HARD_CASES = [
+    ("12345678901234567890", "12345678901234567891", 0.0),
+    ("12345678901234567891", "12345678901234567891", 1.0),
+    ("10000000000000001", "10000000000000000", 0.0),
+    ("1" * 400, "2" * 400, 0.0),
+    ("1" * 400, "1" * 400 + ".0", 1.0),
+    ("1" * 5000, "1" * 4999 + "2", 0.0),  # beyond int()'s default 4300-digit limit
+    ("12345678901234567890", "1.2345678901234567891e19", 0.0),
+    ("1/3", "0.333", 0.0),
+    ("\\frac{1}{3}", "0.333", 0.0),
+    ("3/6", "\\frac{1}{2}", 1.0),
+    ("\\dfrac{3}{6}", "0.5", 1.0),
+    ("-\\frac{1}{2}", "-0.5", 1.0),
+    ("\\frac{-1}{2}", "\\frac{1}{-2}", 1.0),
+    ("1e-300", "0", 0.0),
+    ("1e-300", "10^{-300}", 1.0),
+    ("0.0", "-0", 1.0),
+    ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", 1.0),
+    ("2\\pi", "\\pi \\cdot 2", 1.0),
+    ("(x+1)^2", "x^2+2x+1", 1.0),
+    ("\\sqrt{2}", "1.414", 0.0),
+    ("\\pi", "3.14159", 0.0),
+    ("10^{20}+1", "100000000000000000001", 1.0),
+    ("10^{20}", "100000000000000000001", 0.0),
+    ("(1,2)", "(2,1)", 0.0),
+    ("\\{1,2\\}", "\\{2,1\\}", 1.0),
+]
+
+
+@pytest.fixture(scope="module")
+def reward():
+    from training.reward import BoxedReward
+
+    r = BoxedReward(time_limit=10.0)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("answer,truth,score", HARD_CASES)
+def test_the_reward_scores_hard_cases_as_a_mathematician_would(reward, answer, truth, score):
+    assert reward([f"so \\boxed{{{answer}}}"], [truth]) == [score]
+
+
+def test_exact_numbers_never_go_through_floats():
+    from fractions import Fraction
+
+    from training.reward import exact_number
+
+    assert exact_number("1" * 400) == int("1" * 400)
+    assert exact_number("1e99999999") is None  # not built: left to math-verify
+    assert exact_number("1e-300") == Fraction(1, 10 ** 300)
+    assert exact_number("\\tfrac{2}{-4}") == Fraction(-1, 2) and exact_number("-\\frac{1}{3}") == Fraction(-1, 3)
+    assert exact_number("1/0") is None and exact_number("x") is None and exact_number("\\sqrt{2}") is None
+
+
+def test_the_time_limit_is_cpu_time_not_wall_time(reward):
+    """A worker that gets no CPU for 1.5x the limit (as on a loaded machine) still finishes a
+    cheap true check: the limit counts the check's CPU seconds (the wall-clock backstop is
+    WALL_FACTOR = 2 times the limit)."""
+    import signal
+    import threading
+
+    from training.reward import BoxedReward
+
+    r = BoxedReward(time_limit=1.0)
+    try:
+        assert r.score("\\boxed{\\sqrt{4}}", "2") == 1.0  # starts the worker
+        pid = r._worker.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(1.5, os.kill, (pid, signal.SIGCONT)).start()
+        t0 = time.time()
+        assert r.score("\\boxed{\\frac{\\sqrt{3}}{3}}", "\\frac{1}{\\sqrt{3}}") == 1.0
+        assert time.time() - t0 >= 1.5 and r.timeouts == 0
+    finally:
+        r.close()
+
+
+def test_a_check_that_runs_out_of_time_is_counted_as_a_timeout():
+    from training.reward import BoxedReward
+
+    r = BoxedReward(time_limit=0.2)
+    try:
+        r.score("\\boxed{\\sqrt{4}}", "2")  # starts the worker (not timed)
+        assert r.score("\\boxed{\\int_0^\\infty e^{-x^2}\\,dx}", "\\frac{\\sqrt{\\pi}}{2}") == 0.0
+        assert r.timeouts == 1
+    finally:
+        r.close()
