@@ -322,3 +322,68 @@ def test_a_check_that_runs_out_of_time_is_counted_as_a_timeout():
         assert r.timeouts == 1
     finally:
         r.close()
+
+
+# -------------------------------------------------------------------------------- dashboard
+
+def listening(port: int) -> set[str]:
+    """Local addresses with a socket listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(addr)
+                # /proc writes each 32-bit word in host (little-endian) order
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(raw)))
+    return found
+
+
+def test_the_dashboard_listens_on_loopback_only_from_any_directory(tmp_path):
+    from streamlit.testing.v1 import AppTest  # noqa: F401 - the dashboard extra is installed
+
+    (tmp_path / "runs").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "dashboards", "--runs", "runs", "--port", str(port)],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 90
+        while not listening(port) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert listening(port) == {"127.0.0.1"}, proc.poll()
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--browser.gatherUsageStats=false" in cmdline
+        assert str((tmp_path / "runs").resolve()).encode() in cmdline
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_the_dashboard_entry_point_refuses_a_missing_runs_directory(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dashboards", "--runs", str(tmp_path / "nope")],
+                         env=ENV, capture_output=True, text=True)
+    assert out.returncode == 2 and "nope: not a directory" in out.stderr
+
+
+def test_the_dashboard_shows_a_killed_run_as_stopped(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    import fixtures_records as fx
+
+    for name in ("live", "killed"):
+        fx.write_run(tmp_path, fx.RunSpec(name, "hpt", steps=2, state="running"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    status = records.read_status(tmp_path / "killed")
+    (tmp_path / "killed" / records.STATUS).write_text(json.dumps({**status, "pid": int(gone)}))
+    monkeypatch.setenv("UPGE_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "dashboards" / "app.py"), default_timeout=60)
+    at.run()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["live", "state"] == "running" and table.loc["killed", "state"] == "stopped"
