@@ -746,7 +746,10 @@ def _restore(t: Trainer, log=print) -> None:
 def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None) -> Trainer:
     cfg = parse_args(argv)
     t0 = time.time()
-    trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except records.RunDirExists as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.train()
