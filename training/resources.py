@@ -9,7 +9,9 @@ at least 1::
 
     threads = max(1, min(cores, round(cores - load)))
 
-``python benchmarks/threads.py`` measures a short run at ``--threads 1`` and at this default.
+The count changes float reductions, so a run records the count it used (``threads`` in
+config.json) and a resume uses it again. ``python benchmarks/threads.py`` measures a short run at
+``--threads 1``, at this default and at torch's default.
 """
 from __future__ import annotations
 

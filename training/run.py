@@ -621,12 +621,13 @@ def _stream(cfg: RunConfig):
 def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Trainer:
     """Every object of the run, chosen from the config (resuming when ``cfg.resume``)."""
     timers = Timers()
-    threads, why = (cfg.threads, "--threads") if cfg.threads else resources.auto_threads()
-    torch.set_num_threads(threads)
-    log(f"torch threads: {threads} ({why})")
     resumed = {}
     if cfg.resume:  # the run's own config; a changed field is refused (config.resume_config)
         cfg, resumed = resume_config(cfg, saved_config(cfg.resume))
+    threads, why = (cfg.threads, "--threads") if cfg.threads else resources.auto_threads()
+    torch.set_num_threads(threads)
+    log(f"torch threads: {threads} ({why})")
+    cfg = dataclasses.replace(cfg, threads=threads)  # recorded, so a resume computes alike
     dist = distributed.make()
     if dist.world > 1 and not cfg.seed_per_prompt:  # so that 1 and N processes sample alike
         log(f"{dist.describe()}: --seed-per-prompt forced on (rollouts seeded per prompt)")
