@@ -169,8 +169,6 @@ def latest_intact(run_dir, warn=print) -> Optional[Path]:
 def _plain_architecture(config_path: Path) -> None:
     """FSDP2 renames the model class (``FSDPLlamaForCausalLM``); the saved config names the
     plain one, which transformers and vLLM know."""
-    import json
-
     cfg = json.loads(config_path.read_text())
     cfg["architectures"] = [a.removeprefix("FSDP") for a in cfg.get("architectures") or []]
     config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
