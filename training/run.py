@@ -39,9 +39,9 @@ import records  # noqa: E402
 from estimators import Hybrid  # noqa: E402
 from estimators.parts import ConstantNormaliser, KLPenalty, Switch  # noqa: E402
 
-from . import base, batching, checkpoint, data, distributed, engines, evaluate, task  # noqa: E402
+from . import base, batching, checkpoint, data, distributed, engines, evaluate, resources, task  # noqa: E402
 from .batching import Row  # noqa: E402
-from .config import TWO_STAGE, RunConfig, parse_args  # noqa: E402
+from .config import TWO_STAGE, RunConfig, parse_args, resume_config, saved_config  # noqa: E402
 from .policy import Packed, Reference, ValueHead, load_model, load_tokenizer, pack, score  # noqa: E402
 from .reward import BoxedReward  # noqa: E402
 
@@ -618,10 +618,13 @@ def _stream(cfg: RunConfig):
 def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Trainer:
     """Every object of the run, chosen from the config (resuming when ``cfg.resume``)."""
     timers = Timers()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.resume:
-        cfg = _resumed_config(cfg)
+    resumed = {}
+    if cfg.resume:  # the run's own config; a changed field is refused (config.resume_config)
+        cfg, resumed = resume_config(cfg, saved_config(cfg.resume))
+    threads, why = (cfg.threads, "--threads") if cfg.threads else resources.auto_threads()
+    torch.set_num_threads(threads)
+    log(f"torch threads: {threads} ({why})")
+    cfg = dataclasses.replace(cfg, threads=threads)  # recorded, so a resume computes alike
     dist = distributed.make()
     if dist.world > 1 and not cfg.seed_per_prompt:  # so that 1 and N processes sample alike
         log(f"{dist.describe()}: --seed-per-prompt forced on (rollouts seeded per prompt)")
@@ -654,8 +657,9 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         dist.sync_params(params)
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         sched = make_schedule(opt, cfg)
-        run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.runs_dir) / (
-            cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = (Path(cfg.resume) if cfg.resume or not dist.is_main else records.create_run_dir(
+            cfg.runs_dir, cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}",
+            unique=not cfg.run_id))  # a new run owns a new directory
         run_dir = Path(distributed_run_dir(dist, str(run_dir)))
         writer = records.RunWriter(run_dir) if dist.is_main else distributed.NullWriter()
         trainer = Trainer(cfg, run_dir, writer, model, tok, critic, reference,
@@ -666,7 +670,8 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
                           save_checkpoint=checkpoint.save if dist.is_main else _no_save,
                           sharded=sharded)
     if cfg.resume:
-        _restore(trainer)
+        _restore(trainer, log)
+        writer.record_resume(trainer.step, cfg.resolved(), resumed)
     else:
         writer.write_config({**_config_record(cfg, stages, model_path), "world_size": dist.world})
     return trainer
@@ -723,18 +728,10 @@ def _config_record(cfg: RunConfig, stages: list, model_path: str) -> dict:
             "versions": _versions(), "git_commit": records.git_commit(), "command": sys.argv}
 
 
-def _resumed_config(cfg: RunConfig) -> RunConfig:
-    """The saved config of the run being resumed (only ``resume``/``progress`` come from now)."""
-    saved = records.read_config(cfg.resume).get("config")
-    if not saved:
-        raise FileNotFoundError(f"{cfg.resume}: no {records.CONFIG} to resume from")
-    return dataclasses.replace(RunConfig(**saved), resume=cfg.resume, progress=cfg.progress)
-
-
-def _restore(t: Trainer) -> None:
-    ckpt = checkpoint.latest(t.run_dir)
+def _restore(t: Trainer, log=print) -> None:
+    ckpt = checkpoint.latest_intact(t.run_dir, warn=log)  # checksums verified, newest first
     if ckpt is None:
-        raise FileNotFoundError(f"{t.run_dir}: no checkpoint to resume from")
+        raise FileNotFoundError(f"{t.run_dir}: no intact checkpoint to resume from")
     state = checkpoint.restore(ckpt, t.model, t.critic, t.optimizer, t.scheduler,
                                load_full=functools.partial(distributed.load_full_state_dicts, critic=t.critic)
                                if t.sharded else None)
@@ -747,11 +744,15 @@ def _restore(t: Trainer) -> None:
 def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None) -> Trainer:
     cfg = parse_args(argv)
     t0 = time.time()
-    trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except records.RunDirExists as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.train()
-    except RunStopped as e:
+    except (RunStopped, checkpoint.SaveFailed) as e:
+        trainer.writer.set_status("failed", trainer.step, str(e))
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except BaseException as e:
