@@ -176,6 +176,11 @@ class Estimator:
         """Per component, the reduction its normaliser uses (one for an Estimator)."""
         return [self.reduction]
 
+    @property
+    def plan_reads_old(self) -> bool:
+        """Whether `plan` reads ``Batch.logp_old`` (π_θold must be scored before planning)."""
+        return self.advantage.reads_old
+
     # -- validation --------------------------------------------------------------------------
     def check(self, b: Batch) -> None:
         """Reject a batch this estimator cannot use, naming the field."""
@@ -297,6 +302,10 @@ class Hybrid:
 
     def reductions(self) -> list:
         return [self.joint or self.rl.reduction, self.joint or self.sft.reduction]
+
+    @property
+    def plan_reads_old(self) -> bool:
+        return self.rl.plan_reads_old or self.sft.plan_reads_old
 
     @property
     def needs(self) -> tuple:

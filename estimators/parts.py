@@ -389,6 +389,10 @@ class WhitenedReturns(Advantage):
     def __post_init__(self):
         KLPenalty(self.kl_coef, self.kl_kind)   # validates the kind
 
+    @property
+    def reads_old(self) -> bool:
+        return bool(self.kl_coef)
+
     def returns(self, b: Batch, all_reduce=None) -> Tensor:
         r = b.reward[:, None] * last_token(b.mask)
         if self.kl_coef and b.logp_ref is not None:

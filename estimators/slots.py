@@ -34,7 +34,10 @@ class Denominator(Protocol):
 
 class Advantage(Protocol):
     """Â: ``(b, all_reduce) → [B] or [B,T]`` (detached); ``returns(b)``: the value targets a
-    critic regresses on (None when the advantage has none)."""
+    critic regresses on (None when the advantage has none); ``reads_old``: whether Â reads
+    ``Batch.logp_old`` (then π_θold must be scored before the plan)."""
+
+    reads_old: bool = False
 
     def __call__(self, b: Batch, all_reduce=None) -> Tensor: ...
 
