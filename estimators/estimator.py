@@ -126,9 +126,9 @@ def _entropy_weights(coef: float, b: Batch, rows: Tensor, all_reduce) -> Tensor:
     return coef * rows.to(b.mask.dtype) / z
 
 
-def _map(obj, fn: Callable, slots: tuple, prefix: str = ""):
-    """``obj`` with ``fn(prefix + slot, part)`` in place of each non-None part in ``slots``."""
-    changes = {s: fn(prefix + s, getattr(obj, s)) for s in slots if getattr(obj, s) is not None}
+def _map(obj, fn: Callable, slots: tuple):
+    """``obj`` with ``fn(slot, part)`` in place of each non-None part in ``slots``."""
+    changes = {s: fn(s, getattr(obj, s)) for s in slots if getattr(obj, s) is not None}
     return replace(obj, **{s: v for s, v in changes.items() if v is not getattr(obj, s)})
 
 
