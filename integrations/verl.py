@@ -32,7 +32,9 @@ norm_adv_by_std_in_grpo, config) -> (advantages, returns)``): preset p's advanta
 reward = Σ_t token_level_rewards, group = ``index`` (verl's uid). ``epsilon`` and
 ``norm_adv_by_std_in_grpo`` are the preset's own (ignored here). Not registered for presets
 whose advantage is Â ≡ 1 (sft) or needs a critic (ppo: use verl's ``gae``). Unlike verl's grpo, a
-group of one row gets Â = 0 (verl: Â = r).
+group of one row gets Â = 0 (verl: Â = r). ``upge_reinforce_pp`` sees only Σ_t of the token
+rewards (no per-token KL): with ``use_kl_in_reward`` use verl's own ``reinforce_plus_plus``, which
+our `WhitenedReturns` equals (tests/test_estimators_verl_parity.py).
 
 Hybrid presets (hpt, hpt_paper, luffy) register their on-policy RL component there: a verl
 ``PolicyLossFn`` sees no per-row SFT/RL tag. The full Hybrid (and every other preset) runs on
