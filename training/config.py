@@ -168,7 +168,13 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     if cfg.profile:
         from .profiles import apply_profile
 
-        cfg = apply_profile(cfg, explicit_fields(argv))
+        explicit = explicit_fields(argv)
+        cfg = apply_profile(cfg, explicit)
+        if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
+            gate = estimators.parts.GATES.get(cfg.gate)
+            params = {f.name for f in fields(gate)} if gate else set()
+            cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
+                                  if flag not in explicit and param not in params})
     return cfg
 
 
