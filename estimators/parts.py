@@ -321,7 +321,10 @@ def whiten(x: Tensor, m: Tensor, all_reduce=None) -> Tensor:
 
 def discounted_reverse_cumsum(x: Tensor, c: float, chunk: int = 256) -> Tensor:
     """y_t = Σ_{s≥t} c^{s−t} x_s along the last dim, vectorised: a [chunk, chunk] discount matrix
-    within each chunk, and the carried y at the next chunk's start between chunks."""
+    within each chunk, and the carried y at the next chunk's start between chunks (c = 1: a
+    reversed cumulative sum)."""
+    if c == 1.0:
+        return x.flip(-1).cumsum(-1).flip(-1)
     T = x.shape[-1]
     e = torch.arange(chunk, device=x.device)
     e = (e[None, :] - e[:, None]).to(x.dtype)                                # s − t
