@@ -231,7 +231,9 @@ class Estimator:
         plan = plan if plan is not None else self.plan(b)
         ratio = self.denominator(b)
         stable = self.mask(ratio, plan.adv).detach()
-        t = -stable * plan.adv * self.likelihood(ratio) * self.denominator.weight(b)
+        w = self.denominator.weight(b)
+        stable = stable if w is None else stable * w
+        t = -stable * plan.adv * self.likelihood(ratio)
         if self.kl is not None:
             t = t + self.kl.coef * self.kl(b)
         t = t * plan.coef[:, None]

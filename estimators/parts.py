@@ -132,7 +132,8 @@ class TruncatedIS(Denominator):
 
     def weight(self, b: Batch) -> Tensor:
         w = torch.exp(masked(b, b.logp_old - b.logp_behavior)).clamp(max=self.cap).detach()
-        return w * self.base.weight(b)
+        inner = self.base.weight(b)
+        return w if inner is None else w * inner
 
 
 # ---------------------------------------------------------------------------------- masks

@@ -24,12 +24,12 @@ class Mask(Protocol):
 class Denominator(Protocol):
     """1/π_ref: ``b → ρ [B,T]`` (differentiable), the ratio the mask and the likelihood see, and
     ``weight(b)``: a detached per-token factor applied after them (an off-policy correction such
-    as truncated IS; 1 by default)."""
+    as truncated IS; None by default: no correction)."""
 
     def __call__(self, b: Batch) -> Tensor: ...
 
-    def weight(self, b: Batch) -> Tensor | float:
-        return 1.0
+    def weight(self, b: Batch) -> Optional[Tensor]:
+        return None
 
 
 class Advantage(Protocol):
