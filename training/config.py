@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Optional, get_type_hints
 
 import estimators
@@ -52,7 +52,10 @@ class RunConfig:
     epochs: Optional[int] = _f(None, "passes over each batch (PPO sample reuse); default: the preset's")
     entropy_coef: Optional[float] = _f(None, "entropy bonus coefficient; default: the preset's")
     kl_coef: float = _f(0.0, "KL(pi || pi_init) coefficient (k3); 0 = no reference model")
-    gate_gamma: Optional[int] = _f(None, "HPT switch gate: SFT when <= gamma of n rollouts are correct")
+    gate: str = _f("", "gate of a gated preset (hpt, hpt_paper, luffy): switch | linear | power | always; empty = the preset's")
+    gate_gamma: Optional[int] = _f(None, "switch gate: SFT when <= gamma of n rollouts are correct")
+    gate_k: Optional[float] = _f(None, "power gate: beta*(1-P)^k (k = n is the smooth switch); default 8")
+    gate_alpha: Optional[float] = _f(None, "always gate: the RL weight alpha on every prompt; default 1")
     stage_split: float = _f(0.5, "sft_then_grpo: fraction of the steps spent on SFT")
     dynamic_sampling_rounds: int = _f(4, "DAPO: extra sampling rounds to refill dropped groups")
     value_coef: float = _f(0.5, "PPO: weight of the critic's squared-error loss")
@@ -87,6 +90,38 @@ class RunConfig:
 
     def resolved(self) -> dict:
         return asdict(self)
+
+
+# gate flag → the gate parameter it sets (`estimators.parts.GATES`); every gate has beta
+GATE_FLAGS = {"gate_gamma": "gamma", "gate_k": "k", "gate_alpha": "alpha", "sft_coef": "beta"}
+
+
+def with_gate(est, cfg: RunConfig):
+    """``est`` with ``--gate`` (or its own gate) and the gate flags given; a flag the gate has no
+    parameter for, or ``--gate`` on a preset without a gate, is an error naming the flag."""
+    gates = estimators.parts.GATES
+    if cfg.gate and cfg.gate not in gates:
+        raise SystemExit(f"--gate must be one of {', '.join(gates)}, got {cfg.gate!r}")
+    given = {flag: getattr(cfg, flag) for flag in GATE_FLAGS if getattr(cfg, flag) is not None}
+    found = []
+
+    def gate(slot: str, part):
+        if slot != "gate":
+            return part
+        new = gates[cfg.gate]() if cfg.gate else part
+        params = {f.name for f in fields(new)}
+        for flag in given:
+            if GATE_FLAGS[flag] not in params:
+                raise SystemExit(f"--{flag.replace('_', '-')} does nothing for the {type(new).__name__} gate "
+                                 f"(its parameters: {', '.join(sorted(params))}); drop it or choose another --gate")
+        found.append(new)
+        return replace(new, **{GATE_FLAGS[flag]: v for flag, v in given.items()})
+
+    out = est.map_parts(gate) if cfg.gate or given else est
+    if cfg.gate and not found:
+        gated = sorted(n for n, e in estimators.PRESETS.items() if isinstance(e, estimators.Hybrid))
+        raise SystemExit(f"--gate {cfg.gate}: preset {cfg.preset!r} has no gate (gated presets: {', '.join(gated)})")
+    return out
 
 
 def preset_names() -> list[str]:
@@ -137,7 +172,13 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     if cfg.profile:
         from .profiles import apply_profile
 
-        cfg = apply_profile(cfg, explicit_fields(argv))
+        explicit = explicit_fields(argv)
+        cfg = apply_profile(cfg, explicit)
+        if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
+            gate = estimators.parts.GATES.get(cfg.gate)
+            params = {f.name for f in fields(gate)} if gate else set()
+            cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
+                                  if flag not in explicit and param not in params})
     return cfg
 
 

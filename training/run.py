@@ -36,12 +36,12 @@ import torch.nn.functional as F  # noqa: E402
 
 import estimators  # noqa: E402
 import records  # noqa: E402
-from estimators import Hybrid  # noqa: E402
-from estimators.parts import ConstantNormaliser, KLPenalty, Switch  # noqa: E402
+from estimators.parts import KLPenalty  # noqa: E402
+from estimators.slots import CONSTANT  # noqa: E402
 
 from . import base, batching, checkpoint, data, distributed, engines, evaluate, resources, task  # noqa: E402
 from .batching import Row  # noqa: E402
-from .config import TWO_STAGE, RunConfig, parse_args, resume_config, saved_config  # noqa: E402
+from .config import TWO_STAGE, RunConfig, parse_args, resume_config, saved_config, with_gate  # noqa: E402
 from .policy import Packed, Reference, ValueHead, load_model, load_tokenizer, pack, score  # noqa: E402
 from .reward import BoxedReward  # noqa: E402
 
@@ -55,38 +55,26 @@ class RunStopped(RuntimeError):
 # =============================================================================== construction
 
 def scale_constants(est, max_new_tokens: int):
-    """Replace every `ConstantNormaliser`'s generation budget C with this run's: per-row
+    """Replace every constant normaliser's generation budget C with this run's: per-row
     (Dr. GRPO) C = max_new_tokens; pooled (official HPT/LUFFY, C = 8192·8) C = max_new_tokens·8."""
-    changes = {}
-    for f in dataclasses.fields(est):
-        v = getattr(est, f.name)
-        if isinstance(v, ConstantNormaliser):
-            c = max_new_tokens * (1 if v.per_row else OFFICIAL_RANKS)
-            changes[f.name] = dataclasses.replace(v, constant=float(c))
-        elif isinstance(v, (estimators.Estimator, Hybrid)):
-            changes[f.name] = scale_constants(v, max_new_tokens)
-    return dataclasses.replace(est, **changes) if changes else est
+    def budget(slot, part):
+        if "constant" not in {f.name for f in dataclasses.fields(part)}:
+            return part
+        ranks = OFFICIAL_RANKS if part.counts == CONSTANT else 1
+        return dataclasses.replace(part, constant=float(max_new_tokens * ranks))
+    return est.map_parts(budget)
 
 
 def with_options(est, cfg: RunConfig):
-    """Apply the run's overrides: entropy bonus, KL to the initial policy, gate γ."""
+    """Apply the run's overrides: entropy bonus, KL to the initial policy, the gate."""
     if cfg.entropy_coef is not None:
         est = est.replace(entropy_coef=cfg.entropy_coef)
     if cfg.kl_coef > 0:
-        kl = KLPenalty(coef=cfg.kl_coef, kind="k3")
-        est = est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
-    if cfg.gate_gamma is not None and isinstance(getattr(est, "gate", None), Switch):
-        est = est.replace(gate=dataclasses.replace(est.gate, gamma=cfg.gate_gamma))
-    if cfg.sft_coef is not None and hasattr(getattr(est, "gate", None), "beta"):
-        est = est.replace(gate=dataclasses.replace(est.gate, beta=cfg.sft_coef))
+        est = est.with_kl(KLPenalty(coef=cfg.kl_coef, kind="k3"))
+    est = with_gate(est, cfg)
     if cfg.rollout_engine == "vllm":  # the engine returns behaviour log-probs: TIS
         est = engines.with_tis(est, cfg.tis_cap)
     return est
-
-
-def uses_entropy(est) -> bool:
-    return bool(est.entropy_coef) or any(uses_entropy(getattr(est, n)) for n in ("rl", "sft")
-                                         if hasattr(est, n))
 
 
 @dataclass
@@ -121,7 +109,7 @@ def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
         keep=batching.group_filter(t),
         refill_rounds=cfg.dynamic_sampling_rounds if t.dynamic_sampling else 0,
         epochs=cfg.epochs if cfg.epochs is not None else t.epochs,
-        critic=t.value_head, entropy=uses_entropy(est))
+        critic=t.value_head, entropy=est.uses_entropy)
 
 
 def make_stages(cfg: RunConfig) -> list[Stage]:
@@ -351,7 +339,8 @@ class Trainer:
         """One epoch over one mini-batch, no critic, no engine log-probs: every row is scored
         once with gradients, at θ = θ_old, so that pass also gives π_θold (as TRL does with
         ``num_iterations=1``) and the separate no-grad scoring pass is skipped."""
-        return stage.epochs == 1 and k == 1 and not stage.critic and not self.behavior
+        return (stage.epochs == 1 and k == 1 and not stage.critic and not self.behavior
+                and not stage.est.plan_reads_old)
 
     def token_means(self, sums: torch.Tensor) -> dict:
         """train/entropy over the response tokens scored this step and train/demo_nll over
@@ -369,11 +358,11 @@ class Trainer:
         `one_pass` step the micro-batches' own log-probs are π_θold and feed ``sums``."""
         sub = full.select(mb)
         plan = stage.est.plan(sub, all_reduce=self.dist.reducer)
-        trained = _trained_rows(plan)
-        returns = stage.est.advantage.advantages_and_returns(sub)[1] if stage.critic else None
+        trained = plan.trained.nonzero().squeeze(-1)
+        returns = plan.returns
         n_tok = self.dist.sum_tensor(sub.mask[trained].sum()).clamp_min(1)
         _gate_metrics(sub, trained, m)
-        gates.update({d["group"]: "sft" if d["beta"] > 0 and d["alpha"] == 0 else "rl" for d in plan.gate})
+        gates.update(plan.labels())
         finite = True
         for micro in self.micro_batches(trained):
             if micro is None:  # FSDP: this rank has fewer micro-batches than another
@@ -392,9 +381,8 @@ class Trainer:
                 continue
             (loss * self.loss_scale).backward()
             m[records.TRAIN_LOSS] += loss.item()
-            kl = out.stats.get("kl", out.stats.get("rl/kl"))
-            if kl is not None:
-                m[records.TRAIN_KL] = kl
+            if out.kl is not None:
+                m[records.TRAIN_KL] = out.kl
         if not self.dist.all_true(finite):
             self.optimizer.zero_grad(set_to_none=True)
             return False
@@ -545,14 +533,6 @@ def _select_packed(p: Packed, idx: torch.Tensor, trim: bool = True) -> Packed:
                   mask[:, :T], P)
 
 
-def _trained_rows(plan) -> torch.Tensor:
-    """Indices of rows with a non-zero weight in the plan (other rows are skipped)."""
-    w = (plan.coef != 0) | (plan.ent != 0)
-    for part in plan.parts:
-        w = w | (part.coef != 0)
-    return w.nonzero().squeeze(-1)
-
-
 def _gate_metrics(sub, trained: torch.Tensor, m: dict) -> None:
     """gate/offline_ratio: demo rows / all rows trained in the (mini-)batch."""
     demo = sub.is_demo[trained]
@@ -644,7 +624,8 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         model.train()
         dist.sync_params(list(model.parameters()))
         # π_ref: a frozen full copy made before sharding (FSDP shards it like the policy)
-        reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
+        needs_ref = cfg.kl_coef > 0 or any("logp_ref" in s.est.needs for s in stages)  # REINFORCE++
+        reference = Reference.of(model, checkpoint.is_lora(model)) if needs_ref else NoReference()
         sharded = check_fsdp(cfg, dist, stages)
         if sharded:
             model = distributed.shard(model)
