@@ -30,7 +30,8 @@ def make_batch(B: int, T: int, name: str, seed: int = 0) -> Batch:
                  group=torch.arange(B) // 8,
                  is_demo=(torch.arange(B) % 8 == 7) if demos else None,
                  logp_old=logp.detach() + 0.05 * torch.randn(B, T, generator=g),
-                 values=torch.randn(B, T, generator=g) if "values" in est.needs else None)
+                 values=torch.randn(B, T, generator=g) if "values" in est.needs else None,
+                 logp_ref=logp.detach() + 0.05 * torch.randn(B, T, generator=g) if "logp_ref" in est.needs else None)
 
 
 def timed(fn, repeats: int) -> float:

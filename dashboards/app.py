@@ -1,4 +1,6 @@
-"""Dashboard over run records: ``streamlit run dashboards/app.py [-- --runs DIR]``.
+"""Dashboard over run records: ``python -m dashboards [--runs DIR] [--port N]`` (127.0.0.1 only,
+no usage statistics; see dashboards/__main__.py), or ``streamlit run dashboards/app.py
+--server.address 127.0.0.1 --browser.gatherUsageStats false [-- --runs DIR]``.
 
 The runs directory is ``--runs DIR`` after ``--``, else $UPGE_RUNS_DIR, else ./runs. Only that
 directory is read; records go through :mod:`records` (JSON only, never pickles); torch is never
@@ -48,7 +50,7 @@ def show_empty(root) -> None:
     st.info(f"No run records found in `{root}`. Create a first run (the embedded default, a "
             "few minutes on CPU), then refresh this page:")
     st.code(FIRST_RUN_COMMAND, language="bash")
-    st.caption(f"Another directory: `streamlit run dashboards/app.py -- --runs DIR` or "
+    st.caption(f"Another directory: `python -m dashboards --runs DIR` or "
                f"`{tables.ENV_RUNS_DIR}=DIR`.")
 
 

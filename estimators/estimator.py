@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import parts as P
 from .batch import Batch, BatchError
+from .slots import CONSTANT, ROWS, TOKENS, Advantage, Denominator, Gate, Likelihood, Mask, Reduction
 
 ROLLOUTS, DEMOS, ALL = "rollouts", "demos", "all"
 
@@ -43,31 +44,56 @@ class TrainerSteps:
     epochs: int = 1
 
 
+SFT_LABEL, RL_LABEL = "sft", "rl"
+
+
+def gate_label(alpha: float, beta: float) -> str:
+    """A prompt's gate decision as a label: "sft" when only its demonstration is trained."""
+    return SFT_LABEL if beta > 0 and alpha == 0 else RL_LABEL
+
+
 @dataclass
 class Plan:
     """Everything that depends on rows other than one's own, computed once per step.
 
     adv [B, T] advantages; coef [B] = row weight × gate coefficient / Z (0 for untrained rows);
-    ent [B] entropy-bonus weight per row; gate: per-prompt decisions (Hybrid only)."""
+    ent [B] entropy-bonus weight per row; parts: the components' plans (Hybrid); gate: per-prompt
+    decisions {group, pass_rate, alpha, beta, label} (Hybrid only); returns [B, T]: the critic's
+    targets when the advantage has them (GAE), else None."""
 
     adv: Tensor
     coef: Tensor
     ent: Tensor
     parts: tuple = ()
     gate: list = field(default_factory=list)
+    returns: Optional[Tensor] = None
+
+    @property
+    def trained(self) -> Tensor:
+        """[B] bool: rows with a non-zero weight (the others need no forward pass)."""
+        w = (self.coef != 0) | (self.ent != 0)
+        for part in self.parts:
+            w = w | part.trained
+        return w
+
+    def labels(self) -> dict:
+        """{group: "sft" | "rl"}: each prompt's gate decision (empty without a gate)."""
+        return {d["group"]: d["label"] for d in self.gate}
 
     def select(self, idx: Tensor) -> "Plan":
         return Plan(self.adv[idx], self.coef[idx], self.ent[idx],
-                    tuple(p.select(idx) for p in self.parts), self.gate)
+                    tuple(p.select(idx) for p in self.parts), self.gate,
+                    None if self.returns is None else self.returns[idx])
 
 
 class Output:
     """loss: the scalar *surrogate* (its value means nothing; its gradient is the estimator).
     stats: floats for logging, computed on first access (so an unlogged step pays nothing).
-    gate: per-prompt decisions {group, pass_rate, alpha, beta} (Hybrid only)."""
+    gate: per-prompt decisions {group, pass_rate, alpha, beta, label} (Hybrid only).
+    kl: the KL statistic of the rollout component (None without a KL term)."""
 
-    def __init__(self, loss: Tensor, stats, gate: Optional[list] = None):
-        self.loss, self._stats, self.gate = loss, stats, gate or []
+    def __init__(self, loss: Tensor, stats, gate: Optional[list] = None, kl_key: str = "kl"):
+        self.loss, self._stats, self.gate, self._kl_key = loss, stats, gate or [], kl_key
 
     @property
     def stats(self) -> dict:
@@ -75,14 +101,22 @@ class Output:
             self._stats = self._stats()
         return self._stats
 
+    @property
+    def kl(self) -> Optional[float]:
+        return self.stats.get(self._kl_key)
 
-def _normaliser(reduction, mask: Tensor, rows: Tensor, all_reduce) -> Tensor:
-    count = reduction.count(mask, rows)
-    if count is None:
-        return torch.tensor(getattr(reduction, "scale", lambda: 1.0)(), dtype=mask.dtype,
-                            device=mask.device)
-    count = all_reduce(count) if all_reduce else count
-    return count.clamp_min(1) * (reduction.scale() if hasattr(reduction, "scale") else 1.0)
+
+def _normaliser(reduction: Reduction, mask: Tensor, rows: Tensor, all_reduce) -> Tensor:
+    """Z = scale · (what the reduction counts over ``rows``, summed over ranks)."""
+    if reduction.counts == CONSTANT:
+        return torch.tensor(reduction.scale, dtype=mask.dtype, device=mask.device)
+    count = {TOKENS: lambda: (mask * rows[:, None]).sum(), ROWS: lambda: rows.to(mask.dtype).sum()}
+    if reduction.counts not in count:
+        raise ValueError(f"{P.describe(reduction)}.counts must be one of {TOKENS!r}, {ROWS!r}, "
+                         f"{CONSTANT!r}; got {reduction.counts!r}")
+    n = count[reduction.counts]()
+    n = all_reduce(n) if all_reduce else n
+    return n.clamp_min(1) * reduction.scale
 
 
 def _entropy_weights(coef: float, b: Batch, rows: Tensor, all_reduce) -> Tensor:
@@ -90,6 +124,12 @@ def _entropy_weights(coef: float, b: Batch, rows: Tensor, all_reduce) -> Tensor:
         return torch.zeros_like(b.reward)
     z = _normaliser(P.TokenMean(), b.mask, rows, all_reduce)
     return coef * rows.to(b.mask.dtype) / z
+
+
+def _map(obj, fn: Callable, slots: tuple):
+    """``obj`` with ``fn(slot, part)`` in place of each non-None part in ``slots``."""
+    changes = {s: fn(s, getattr(obj, s)) for s in slots if getattr(obj, s) is not None}
+    return replace(obj, **{s: v for s, v in changes.items() if v is not getattr(obj, s)})
 
 
 @dataclass(frozen=True)
@@ -102,11 +142,11 @@ class Estimator:
     needs: Batch fields it requires. trainer: batch-level steps (see `TrainerSteps`).
     source: the reference (paper, section, equation)."""
 
-    mask: object
-    denominator: object
-    advantage: object
-    likelihood: object = P.Plain()
-    reduction: object = P.TokenMean()
+    mask: Mask
+    denominator: Denominator
+    advantage: Advantage
+    likelihood: Likelihood = P.Plain()
+    reduction: Reduction = P.TokenMean()
     rows: str = ROLLOUTS
     kl: Optional[P.KLPenalty] = None
     entropy_coef: float = 0.0
@@ -114,6 +154,32 @@ class Estimator:
     trainer: TrainerSteps = TrainerSteps()
     source: str = ""
     name: str = "this estimator"
+
+    SLOTS = ("mask", "denominator", "advantage", "likelihood", "reduction", "kl")
+
+    # -- describing and rewriting itself ------------------------------------------------------
+    def map_parts(self, fn: Callable) -> "Estimator":
+        """This estimator with each part p replaced by ``fn(slot, p)``; slot is the field name
+        ("mask", "denominator", ..., "kl"; absent parts are skipped). An identity ``fn`` gives an
+        equal estimator."""
+        return _map(self, fn, self.SLOTS)
+
+    def with_kl(self, kl: Optional[P.KLPenalty]) -> "Estimator":
+        return self.replace(kl=kl)
+
+    @property
+    def uses_entropy(self) -> bool:
+        """Whether a step must compute the policy's entropy (an entropy bonus)."""
+        return bool(self.entropy_coef)
+
+    def reductions(self) -> list:
+        """Per component, the reduction its normaliser uses (one for an Estimator)."""
+        return [self.reduction]
+
+    @property
+    def plan_reads_old(self) -> bool:
+        """Whether `plan` reads ``Batch.logp_old`` (π_θold must be scored before planning)."""
+        return self.advantage.reads_old
 
     # -- validation --------------------------------------------------------------------------
     def check(self, b: Batch) -> None:
@@ -154,14 +220,19 @@ class Estimator:
             w = torch.ones_like(b.reward) if weight is None else weight
             coef = self.reduction.row_weight(b.mask) * rows.to(b.mask.dtype) * w / z
             ent = _entropy_weights(self.entropy_coef, b, rows, all_reduce)
-        return Plan(adv.detach(), coef, ent)
+            returns = self.advantage.returns(b, all_reduce)
+        return Plan(adv.detach(), coef, ent, returns=returns)
 
     # -- phase 2: per micro-batch ------------------------------------------------------------
     def terms(self, b: Batch, plan: Optional[Plan] = None) -> Tensor:
-        """[B, T] per-token contributions; ``terms(b).sum()`` is the surrogate loss."""
+        """[B, T] per-token contributions; ``terms(b).sum()`` is the surrogate loss:
+        −M(ρ, Â)·Â·L(ρ)·w per token (w: the denominator's detached correction weight, after the
+        mask), plus the KL term, times the row coefficient; minus the entropy bonus."""
         plan = plan if plan is not None else self.plan(b)
         ratio = self.denominator(b)
         stable = self.mask(ratio, plan.adv).detach()
+        w = self.denominator.weight(b)
+        stable = stable if w is None else stable * w
         t = -stable * plan.adv * self.likelihood(ratio)
         if self.kl is not None:
             t = t + self.kl.coef * self.kl(b)
@@ -209,12 +280,34 @@ class Hybrid:
 
     rl: Estimator
     sft: Estimator
-    gate: object = P.Switch()
-    joint: Optional[object] = None
+    gate: Gate = P.Switch()
+    joint: Optional[Reduction] = None
     entropy_coef: float = 0.0
     trainer: TrainerSteps = TrainerSteps()
     source: str = ""
     name: str = "this estimator"
+
+    def map_parts(self, fn: Callable) -> "Hybrid":
+        """As `Estimator.map_parts`, over the components' parts (slots "rl.mask", ...,
+        "sft.reduction") and the Hybrid's own "gate" and "joint"."""
+        h = replace(self, rl=self.rl.map_parts(lambda s, p: fn("rl." + s, p)),
+                    sft=self.sft.map_parts(lambda s, p: fn("sft." + s, p)))
+        return _map(h, fn, ("gate", "joint"))
+
+    def with_kl(self, kl: Optional[P.KLPenalty]) -> "Hybrid":
+        """The KL term on the rollout component (the demonstrations are not the policy's samples)."""
+        return self.replace(rl=self.rl.with_kl(kl))
+
+    @property
+    def uses_entropy(self) -> bool:
+        return bool(self.entropy_coef) or self.rl.uses_entropy or self.sft.uses_entropy
+
+    def reductions(self) -> list:
+        return [self.joint or self.rl.reduction, self.joint or self.sft.reduction]
+
+    @property
+    def plan_reads_old(self) -> bool:
+        return self.rl.plan_reads_old or self.sft.plan_reads_old
 
     @property
     def needs(self) -> tuple:
@@ -243,7 +336,7 @@ class Hybrid:
         psft = sft.plan(b, all_reduce, weight=beta, check=False)
         trained = (prl.coef != 0) | (psft.coef != 0)
         ent = _entropy_weights(self.entropy_coef, b, trained, all_reduce)
-        return Plan(prl.adv, prl.coef, ent, (prl, psft), decisions)
+        return Plan(prl.adv, prl.coef, ent, (prl, psft), decisions, prl.returns)
 
     def terms(self, b: Batch, plan: Optional[Plan] = None) -> Tensor:
         plan = plan if plan is not None else self.plan(b)
@@ -254,13 +347,13 @@ class Hybrid:
 
     def __call__(self, b: Batch, plan: Optional[Plan] = None) -> Output:
         plan = plan if plan is not None else self.plan(b)
-        return Output(self.terms(b, plan).sum(), lambda: self.stats(b, plan), plan.gate)
+        return Output(self.terms(b, plan).sum(), lambda: self.stats(b, plan), plan.gate, kl_key="rl/kl")
 
     def stats(self, b: Batch, plan: Plan) -> dict:
         stats = {f"rl/{k}": v for k, v in self.rl.stats(b, plan.parts[0]).items()}
         stats.update({f"sft/{k}": v for k, v in self.sft.stats(b, plan.parts[1]).items()})
         if plan.gate:
-            stats["gate/sft_fraction"] = sum(d["beta"] > 0 and d["alpha"] == 0 for d in plan.gate) / len(plan.gate)
+            stats["gate/sft_fraction"] = sum(d["label"] == SFT_LABEL for d in plan.gate) / len(plan.gate)
             stats["gate/mean_beta"] = sum(d["beta"] for d in plan.gate) / len(plan.gate)
         return stats
 
@@ -281,6 +374,7 @@ def _decisions(b: Batch, p: Tensor, alpha: Tensor, beta: Tensor) -> list:
     for i, g in enumerate(b.group.tolist()):
         if g not in seen:
             seen.add(g)
-            out.append({"group": g, "pass_rate": float(p[i]), "alpha": float(alpha[i]),
-                        "beta": float(beta[i])})
+            a, bt = float(alpha[i]), float(beta[i])
+            out.append({"group": g, "pass_rate": float(p[i]), "alpha": a, "beta": bt,
+                        "label": gate_label(a, bt)})
     return out

@@ -19,28 +19,38 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .batch import Batch
+from .slots import CONSTANT, ROWS, TOKENS, Advantage, Denominator, Gate, Likelihood, Mask, Reduction
+
+
+def masked(b: Batch, x: Tensor) -> Tensor:
+    """``x`` on response tokens, 0 on padding: applied to every log-ratio *before* ``exp`` so
+    padding never overflows (``exp(±1e4)`` then ``inf · 0`` = NaN in the loss or its gradient).
+    verl clamps the log-ratio to ±20 instead; here real tokens are left exact."""
+    return torch.where(b.mask > 0, x, torch.zeros_like(x))
 
 # ----------------------------------------------------------------------------- denominators
 
 
 @dataclass(frozen=True)
-class Current:
+class Current(Denominator):
     """π_ref = π_θ (SFT, REINFORCE): ρ = exp(log π_θ − sg(log π_θ)) ≡ 1, ∇ρ = ∇log π_θ.
 
-    Paper Table 1 rows SFT / REINFORCE. Reduces to the plain score-function gradient."""
+    Paper Table 1 rows SFT / REINFORCE. Reduces to the plain score-function gradient.
+    Every denominator takes its log-ratio through `masked` (0 on padding) before ``exp``."""
 
     def formula(self) -> str:
         return "π_ref = π_θ"
 
     def __call__(self, b: Batch) -> Tensor:
-        return torch.exp(b.logp - b.logp.detach())
+        return torch.exp(masked(b, b.logp - b.logp.detach()))
 
 
 @dataclass(frozen=True)
-class Old:
+class Old(Denominator):
     """π_ref = π_θold (PPO, GRPO, DAPO, CISPO): ρ_t = π_θ(y_t|s_t)/π_θold(y_t|s_t).
 
     Paper Eq. 16/18. At θ = θ_old it reduces to `Current` (ρ ≡ 1, same gradient)."""
@@ -49,11 +59,11 @@ class Old:
         return "π_ref = π_θold"
 
     def __call__(self, b: Batch) -> Tensor:
-        return torch.exp(b.logp - b.logp_old)
+        return torch.exp(masked(b, b.logp - b.logp_old))
 
 
 @dataclass(frozen=True)
-class Unit:
+class Unit(Denominator):
     """π_ref ≡ 1 (LUFFY / SRFT offline rows): ρ_t = π_θ(y_t|s_t); gradient Â·∇π_θ (Eq. 19–20).
 
     Biased unless the offline data covers the rollout space uniformly (paper §2.3)."""
@@ -62,11 +72,11 @@ class Unit:
         return "π_ref ≡ 1"
 
     def __call__(self, b: Batch) -> Tensor:
-        return torch.exp(b.logp)
+        return torch.exp(masked(b, b.logp))
 
 
 @dataclass(frozen=True)
-class SequenceGeometric:
+class SequenceGeometric(Denominator):
     """GSPO (arXiv 2507.18071): π_ref = π_θ·(π_θold/π_θ)^{1/|τ|}, so every token of row i gets
     the sequence ratio s_i = exp((1/|τ_i|) Σ_t (log π_θ − log π_θold)).
 
@@ -78,12 +88,12 @@ class SequenceGeometric:
 
     def __call__(self, b: Batch) -> Tensor:
         n = b.mask.sum(-1).clamp_min(1)
-        s = torch.exp(((b.logp - b.logp_old) * b.mask).sum(-1) / n)
+        s = torch.exp(masked(b, b.logp - b.logp_old).sum(-1) / n)
         return s[:, None].expand_as(b.logp)
 
 
 @dataclass(frozen=True)
-class SequenceRatio:
+class SequenceRatio(Denominator):
     """Sequence-level importance sampling: every token carries the whole sequence ratio
     ρ_seq = Π_t π_θ(y_t|s_t)/π_θold(y_t|s_t) = exp(Σ_t (log π_θ − log π_θold)).
 
@@ -96,34 +106,41 @@ class SequenceRatio:
         return "π_ref = π_θold(τ) (whole-sequence ratio)"
 
     def __call__(self, b: Batch) -> Tensor:
-        s = torch.exp(((b.logp - b.logp_old) * b.mask).sum(-1))
+        s = torch.exp(masked(b, b.logp - b.logp_old).sum(-1))
         return s[:, None].expand_as(b.logp)
 
 
 @dataclass(frozen=True)
-class TruncatedIS:
+class TruncatedIS(Denominator):
     """Truncated importance sampling (Ionides 2008; Yao et al. 2025, rollout/trainer mismatch):
-    ρ = ρ_base · min(π_θold/π_behavior, cap), the second factor detached.
+    the mask and the likelihood see ρ_base (e.g. π_θ/π_θold), and the detached token weight
+    w = min(π_θold/π_behavior, cap) multiplies the term *after* them, as TRL's
+    ``vllm_importance_sampling_mode="token_truncate"`` does (−min(ρÂ, clip(ρ)Â)·w): the clip acts
+    on ρ alone, never on ρ·w.
 
     Corrects rows sampled by an engine (e.g. vLLM) whose log-probs differ from the trainer's.
-    With cap ≥ max ratio it is plain sequence-token IS; with π_behavior = π_θold it is `base`."""
+    With cap ≥ max ratio it is plain token IS; with π_behavior = π_θold it is `base`."""
 
     def formula(self) -> str:
         return f"{self.base.formula()} · min(π_θold/π_behavior, {self.cap})"
 
-    base: object = Old()
+    base: Denominator = Old()
     cap: float = 2.0
 
     def __call__(self, b: Batch) -> Tensor:
-        w = torch.exp(b.logp_old - b.logp_behavior).clamp(max=self.cap).detach()
-        return self.base(b) * w
+        return self.base(b)
+
+    def weight(self, b: Batch) -> Tensor:
+        w = torch.exp(masked(b, b.logp_old - b.logp_behavior)).clamp(max=self.cap).detach()
+        inner = self.base.weight(b)
+        return w if inner is None else w * inner
 
 
 # ---------------------------------------------------------------------------------- masks
 
 
 @dataclass(frozen=True)
-class NoClip:
+class NoClip(Mask):
     """1_stable ≡ 1 (SFT, REINFORCE, offline rows, the official HPT run)."""
 
     def formula(self) -> str:
@@ -134,7 +151,7 @@ class NoClip:
 
 
 @dataclass(frozen=True)
-class Clip:
+class Clip(Mask):
     """PPO clipping as a mask (paper App. B.3, Eq. 21): the gradient of
     min(ρÂ, clip(ρ, 1−ε_low, 1+ε_high)Â) is 1_stable·Â·∇ρ with 1_stable = 0 where
     (Â > 0 and ρ > 1+ε_high) or (Â < 0 and ρ < 1−ε_low).
@@ -159,7 +176,7 @@ class Clip:
 
 
 @dataclass(frozen=True)
-class CISClip:
+class CISClip(Mask):
     """CISPO (MiniMax-M1, arXiv 2506.13585): the IS weight is clipped and stop-gradiented,
     sg(clip(ρ, 1−ε_low, 1+ε_high))·Â·∇log π_θ, so no token's gradient is dropped.
 
@@ -180,7 +197,7 @@ class CISClip:
 
 
 @dataclass(frozen=True)
-class Plain:
+class Plain(Likelihood):
     """L(ρ) = ρ: the differentiated quantity is ∇π_θ/π_ref itself (every Table 1 row but LUFFY)."""
 
     def formula(self) -> str:
@@ -191,7 +208,7 @@ class Plain:
 
 
 @dataclass(frozen=True)
-class Shaped:
+class Shaped(Likelihood):
     """LUFFY policy shaping (arXiv 2504.14945): L(π) = π/(π+γ), so the token weight becomes
     γ/(π+γ)²·∇π — larger for low-probability demonstration tokens. Official code option
     ``off_policy_reshape="p_div_p_0.1"`` (γ = 0.1). As γ → ∞ (rescaled) it reduces to `Plain`."""
@@ -220,7 +237,7 @@ def group_moments(x: Tensor, group: Tensor, member: Tensor) -> tuple[Tensor, Ten
 
 
 @dataclass(frozen=True)
-class Ones:
+class Ones(Advantage):
     """Â ≡ 1 (SFT, paper Table 1)."""
 
     def formula(self) -> str:
@@ -231,7 +248,7 @@ class Ones:
 
 
 @dataclass(frozen=True)
-class Reward:
+class Reward(Advantage):
     """Â = scale·(r − baseline) (REINFORCE, Williams 1992). Unbiased for ∇J: E ĝ = scale·∇J.
     Ahmadian et al.'s ±1 for binary r is ``Reward(baseline=0.5, scale=2)``."""
 
@@ -246,7 +263,7 @@ class Reward:
 
 
 @dataclass(frozen=True)
-class GroupNormalised:
+class GroupNormalised(Advantage):
     """Group-relative advantages over the rows sharing a prompt.
 
     center "mean": Â_i = r_i − mean_j r_j  (Dr. GRPO; = ((G−1)/G)(r_i − mean_{j≠i} r_j))
@@ -288,28 +305,27 @@ class GroupNormalised:
         return self.from_rewards(b.reward, b.group, member)
 
 
-@dataclass(frozen=True)
-class BatchNormalised:
-    """REINFORCE++ (Hu 2025, arXiv 2501.03262): Â = (r − mean_batch r)/(std_batch r + eps),
-    the statistics taken over the rollouts of the whole (global) batch."""
+def last_token(mask: Tensor) -> Tensor:
+    """[B, T] 1.0 on each row's last response token (where the sequence reward sits)."""
+    return ((mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)).to(mask.dtype)
 
-    def formula(self) -> str:
-        return "(r − mean_batch r) / std_batch r"
 
-    eps: float = 1e-6
-
-    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
-        m = b.rollouts.to(b.reward.dtype)
-        stats = torch.stack([(b.reward * m).sum(), (b.reward ** 2 * m).sum(), m.sum()])
-        s, q, n = all_reduce(stats) if all_reduce else stats
-        mean = s / n.clamp_min(1)
-        var = ((q - n * mean ** 2) / (n - 1).clamp_min(1)).clamp_min(0)
-        return (b.reward - mean) / (var.sqrt() + self.eps)
+def whiten(x: Tensor, m: Tensor, all_reduce=None) -> Tensor:
+    """(x − mean)/sqrt(var + 1e-8) over the tokens where m = 1 (of every rank with
+    ``all_reduce``), Bessel-corrected variance, 0 elsewhere: verl's ``masked_whiten``."""
+    stats = torch.stack([(x * m).sum(), (x ** 2 * m).sum(), m.sum()])
+    s, q, n = all_reduce(stats) if all_reduce else stats
+    mean = s / n.clamp_min(1)
+    var = ((q - n * mean ** 2) / (n - 1).clamp_min(1)).clamp_min(0)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * m
 
 
 def discounted_reverse_cumsum(x: Tensor, c: float, chunk: int = 256) -> Tensor:
     """y_t = Σ_{s≥t} c^{s−t} x_s along the last dim, vectorised: a [chunk, chunk] discount matrix
-    within each chunk, and the carried y at the next chunk's start between chunks."""
+    within each chunk, and the carried y at the next chunk's start between chunks (c = 1: a
+    reversed cumulative sum)."""
+    if c == 1.0:
+        return x.flip(-1).cumsum(-1).flip(-1)
     T = x.shape[-1]
     e = torch.arange(chunk, device=x.device)
     e = (e[None, :] - e[:, None]).to(x.dtype)                                # s − t
@@ -324,7 +340,7 @@ def discounted_reverse_cumsum(x: Tensor, c: float, chunk: int = 256) -> Tensor:
 
 
 @dataclass(frozen=True)
-class GAE:
+class GAE(Advantage):
     """Generalized Advantage Estimation (Schulman et al. 2015, arXiv 1506.02438), as PPO uses:
     δ_t = r_t + γV_{t+1} − V_t, Â_t = Σ_l (γλ)^l δ_{t+l}, the sequence reward on its last token,
     V = 0 beyond the response. ``whiten`` standardises Â over the batch's tokens (verl's
@@ -338,33 +354,70 @@ class GAE:
     whiten: bool = True
 
     def advantages_and_returns(self, b: Batch) -> tuple[Tensor, Tensor]:
+        """(Â before whitening, returns Â + V), both [B, T]."""
         m = b.mask
         v = b.values.detach() * m
-        last = (m.cumsum(-1) == m.sum(-1, keepdim=True)) & (m > 0)
-        nxt = torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1)
-        delta = b.reward[:, None] * last.to(m.dtype) + self.gamma * nxt - v
+        delta = b.reward[:, None] * last_token(m) + self.gamma * F.pad(v[:, 1:], (0, 1)) - v
         adv = discounted_reverse_cumsum(delta, self.gamma * self.lam)
         return adv * m, (adv + v) * m
 
+    def returns(self, b: Batch, all_reduce=None) -> Tensor:
+        """The critic's targets Â_t + V_t (before whitening)."""
+        return self.advantages_and_returns(b)[1]
+
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:
-        adv, _ = self.advantages_and_returns(b)
-        if not self.whiten:
-            return adv
-        m = b.mask
-        stats = torch.stack([(adv * m).sum(), (adv ** 2 * m).sum(), m.sum()])
-        s, q, n = all_reduce(stats) if all_reduce else stats
-        mean = s / n.clamp_min(1)
-        var = ((q - n * mean ** 2) / (n - 1).clamp_min(1)).clamp_min(0)
-        return (adv - mean) * torch.rsqrt(var + 1e-8) * m
-
-
-# ------------------------------------------------------------------------------ reductions
+        adv = self.advantages_and_returns(b)[0]
+        return whiten(adv, b.mask, all_reduce) if self.whiten else adv
 
 
 @dataclass(frozen=True)
-class TokenMean:
+class WhitenedReturns(Advantage):
+    """REINFORCE++ (Hu, arXiv 2501.03262; verl 0.9.1 ``compute_reinforce_plus_plus_outcome_advantage``
+    after ``apply_kl_penalty``): per-token reward r_t = r·1[t = last] − β·k(log π_θold − log π_ref)_t
+    (KL in the reward), returns G_t = Σ_{s≥t} γ^{s−t} r_s, and Â = (G − mean)/std over every
+    rollout token of the whole (global) batch (verl's ``masked_whiten``).
+
+    kl_coef = β (verl ``algorithm.kl_ctrl.kl_coef``, default 0.001), kl_kind the estimator k1/k2/k3
+    (verl ``kl_penalty="kl"`` is k1), gamma = γ. Needs ``Batch.logp_ref`` when β ≠ 0 (the preset
+    declares it; the part alone treats a missing reference as no KL). With β = 0 and γ = 1 every
+    token of row i carries r_i, whitened over tokens."""
+
+    def formula(self) -> str:
+        kl = f" − {self.kl_coef:g}·{self.kl_kind}(π_θold‖π_ref)_t" if self.kl_coef else ""
+        return f"whiten_batch(Σ_{{s≥t}} γ^(s−t) (r·1[last]{kl})_s)"
+
+    kl_coef: float = 0.001
+    kl_kind: str = "k1"
+    gamma: float = 1.0
+
+    def __post_init__(self):
+        KLPenalty(self.kl_coef, self.kl_kind)   # validates the kind
+
+    @property
+    def reads_old(self) -> bool:
+        return bool(self.kl_coef)
+
+    def returns(self, b: Batch, all_reduce=None) -> Tensor:
+        r = b.reward[:, None] * last_token(b.mask)
+        if self.kl_coef and b.logp_ref is not None:
+            r = r - self.kl_coef * masked(b, kl_estimate(self.kl_kind, b.logp_old - b.logp_ref))
+        return discounted_reverse_cumsum(r, self.gamma) * b.mask
+
+    def __call__(self, b: Batch, all_reduce=None) -> Tensor:
+        return whiten(self.returns(b), b.mask * b.rollouts[:, None], all_reduce)
+
+
+# ------------------------------------------------------------------------------ reductions
+# Each declares what its normaliser counts (`slots.Reduction`): the estimator takes the count
+# once per step over the trained rows (all ranks), so micro-batching never changes Z.
+
+
+@dataclass(frozen=True)
+class TokenMean(Reduction):
     """L = Σ_{i,t} ℓ_{i,t} / Σ_i |τ_i| over the whole step's batch (DAPO, arXiv 2503.14476).
     Every token weighs the same; the count is global, never per micro-batch."""
+
+    counts = TOKENS
 
     def formula(self) -> str:
         return "Σ_{i,t} ℓ / Σ_i |τ_i|"
@@ -372,14 +425,13 @@ class TokenMean:
     def row_weight(self, mask: Tensor) -> Tensor:
         return torch.ones_like(mask[:, 0])
 
-    def count(self, mask: Tensor, rows: Tensor) -> Tensor:
-        return (mask * rows[:, None]).sum()
-
 
 @dataclass(frozen=True)
-class SeqMeanTokenMean:
+class SeqMeanTokenMean(Reduction):
     """L = (1/N) Σ_i (1/|τ_i|) Σ_t ℓ_{i,t} (GRPO, DeepSeekMath Eq. 3; paper Eq. 16): each
     sequence weighs the same, shorter sequences' tokens more (Dr. GRPO's length bias)."""
+
+    counts = ROWS
 
     def formula(self) -> str:
         return "(1/N) Σ_i (1/|τ_i|) Σ_t ℓ"
@@ -387,14 +439,13 @@ class SeqMeanTokenMean:
     def row_weight(self, mask: Tensor) -> Tensor:
         return 1.0 / mask.sum(-1).clamp_min(1)
 
-    def count(self, mask: Tensor, rows: Tensor) -> Tensor:
-        return rows.to(mask.dtype).sum()
-
 
 @dataclass(frozen=True)
-class SeqMeanTokenSum:
+class SeqMeanTokenSum(Reduction):
     """L = (1/N) Σ_i Σ_t ℓ_{i,t}: the Monte Carlo average of whole-sequence score-function
     terms, unbiased for REINFORCE/RLOO (paper Eq. 11 as printed, (1/n)Σ_iΣ_t)."""
+
+    counts = ROWS
 
     def formula(self) -> str:
         return "(1/N) Σ_i Σ_t ℓ"
@@ -402,12 +453,9 @@ class SeqMeanTokenSum:
     def row_weight(self, mask: Tensor) -> Tensor:
         return torch.ones_like(mask[:, 0])
 
-    def count(self, mask: Tensor, rows: Tensor) -> Tensor:
-        return rows.to(mask.dtype).sum()
-
 
 @dataclass(frozen=True)
-class ConstantNormaliser:
+class ConstantNormaliser(Reduction):
     """L = Σ_{i,t} ℓ_{i,t} / (C · N) with ``per_row`` (Dr. GRPO, arXiv 2503.20783: C = the
     generation budget; TRL's ``loss_type="dr_grpo"``), or Σ ℓ / C without it (the official
     HPT/LUFFY code: Σ over tokens / 8192 per rank, averaged over 8 ranks ⇒ C = 8192·8).
@@ -419,24 +467,31 @@ class ConstantNormaliser:
     constant: float = 1024.0
     per_row: bool = True
 
-    def row_weight(self, mask: Tensor) -> Tensor:
-        return torch.ones_like(mask[:, 0])
+    @property
+    def counts(self) -> str:
+        return ROWS if self.per_row else CONSTANT
 
-    def count(self, mask: Tensor, rows: Tensor) -> Optional[Tensor]:
-        return rows.to(mask.dtype).sum() if self.per_row else None
-
+    @property
     def scale(self) -> float:
         return self.constant
+
+    def row_weight(self, mask: Tensor) -> Tensor:
+        return torch.ones_like(mask[:, 0])
 
 
 # ----------------------------------------------------------------------------- extra terms
 
 
+def kl_estimate(kind: str, d: Tensor) -> Tensor:
+    """Schulman's estimators of KL from d = log π − log π_ref (joschu.net/blog/kl-approx):
+    k1 = d, k2 = ½d², k3 = e^{−d} + d − 1."""
+    return {"k1": lambda: d, "k2": lambda: 0.5 * d * d, "k3": lambda: torch.exp(-d) + d - 1}[kind]()
+
+
 @dataclass(frozen=True)
 class KLPenalty:
-    """coef · KL(π_θ‖π_ref) per token, added to the loss (Schulman's estimators, joschu.net/blog/
-    kl-approx): k1 = log π_θ − log π_ref, k2 = ½(log π_θ − log π_ref)², k3 = e^{−d} + d − 1 with
-    d = log π_θ − log π_ref (GRPO, DeepSeekMath). Needs ``Batch.logp_ref``."""
+    """coef · KL(π_θ‖π_ref) per token, added to the loss: `kl_estimate` of d = log π_θ − log π_ref
+    (k3 for GRPO, DeepSeekMath), 0 on padding. Needs ``Batch.logp_ref``."""
 
     coef: float = 0.04
     kind: str = "k3"
@@ -446,8 +501,7 @@ class KLPenalty:
             raise ValueError(f"KLPenalty.kind must be 'k1', 'k2' or 'k3', got {self.kind!r}")
 
     def __call__(self, b: Batch) -> Tensor:
-        d = b.logp - b.logp_ref
-        return {"k1": d, "k2": 0.5 * d * d, "k3": torch.exp(-d) + d - 1}[self.kind]
+        return kl_estimate(self.kind, masked(b, b.logp - b.logp_ref))
 
 
 # ----------------------------------------------------------------------------------- gates
@@ -461,7 +515,7 @@ def pass_rates(b: Batch) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @dataclass(frozen=True)
-class Switch:
+class Switch(Gate):
     """HPT's switch gate (paper Eq. 10; official ``select_on_off_ada_balance``): with c of n
     rollouts correct, (α, β) = (0, beta) if c ≤ gamma else (1, 0). ``gamma`` is a count out of n
     (Qwen: 0, LLaMA: 2 of 8)."""
@@ -475,7 +529,7 @@ class Switch:
 
 
 @dataclass(frozen=True)
-class Linear:
+class Linear(Gate):
     """A continuous gate (paper Eq. 9 with f increasing, g decreasing): α = P, β = beta·(1 − P)."""
 
     beta: float = 1.0
@@ -485,7 +539,7 @@ class Linear:
 
 
 @dataclass(frozen=True)
-class Power:
+class Power(Gate):
     """A continuous gate matching HPT's expected SFT weight: α = 1, β = beta·(1 − P)^k
     (with k = n it is E[1{all n fail}] given P — the smooth version of `Switch(0)`)."""
 
@@ -497,7 +551,7 @@ class Power:
 
 
 @dataclass(frozen=True)
-class Always:
+class Always(Gate):
     """(α, β) ≡ (alpha, beta): both components on every prompt (LUFFY, SRFT)."""
 
     alpha: float = 1.0
@@ -505,6 +559,9 @@ class Always:
 
     def __call__(self, c: Tensor, n: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
         return torch.full_like(p, self.alpha), torch.full_like(p, self.beta)
+
+
+GATES = {"switch": Switch, "linear": Linear, "power": Power, "always": Always}  # name → gate
 
 
 def describe(part) -> str:
@@ -515,4 +572,4 @@ def describe(part) -> str:
 
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "dataclass",
-           "Optional", "Tensor", "torch", "Batch", "BatchError")]
+           "Optional", "Tensor", "torch", "F", "Batch", "BatchError")]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .estimator import ALL, DEMOS, Estimator, Hybrid, TrainerSteps
 from .parts import (CISClip, Clip, ConstantNormaliser, Current, GAE, GroupNormalised, Always,
-                    BatchNormalised, NoClip, Old, Ones, Plain, Reward, SeqMeanTokenMean,
-                    SeqMeanTokenSum, SequenceGeometric, Shaped, Switch, TokenMean, Unit)
+                    NoClip, Old, Ones, Plain, Reward, SeqMeanTokenMean,
+                    SeqMeanTokenSum, SequenceGeometric, Shaped, Switch, TokenMean, Unit, WhitenedReturns)
 
 GRPO_ADV = GroupNormalised(center="mean", scale="std")
 DR_GRPO_ADV = GroupNormalised(center="mean", scale="none")
@@ -28,8 +28,11 @@ _TABLE: dict = {
         NoClip(), Current(), GroupNormalised(center="loo"), Plain(), SeqMeanTokenSum(),
         source="Kool et al. 2019; Ahmadian et al. arXiv 2402.14740 §3 (leave-one-out baseline)"),
     "reinforce_pp": Estimator(
-        Clip(0.2, 0.2), Old(), BatchNormalised(), Plain(), TokenMean(),
-        source="Hu, REINFORCE++ arXiv 2501.03262 (global batch-normalised advantage, PPO clip)"),
+        Clip(0.2, 0.2), Old(), WhitenedReturns(kl_coef=0.001, kl_kind="k1"), Plain(), TokenMean(),
+        needs=("logp_ref",),
+        source="Hu, REINFORCE++ arXiv 2501.03262; verl 0.9.1 reinforce_plus_plus with use_kl_in_reward "
+               "(k1 KL to π_ref in the token reward, β = 0.001; returns whitened over the batch's "
+               "tokens; PPO clip, token-mean)"),
     "ppo": Estimator(
         Clip(0.2, 0.2), Old(), GAE(gamma=1.0, lam=0.95), Plain(), TokenMean(), needs=("values",),
         trainer=TrainerSteps(value_head=True, epochs=4),

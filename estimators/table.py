@@ -48,7 +48,7 @@ def markdown() -> str:
     for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.SequenceRatio,
                 parts.TruncatedIS,
                 parts.NoClip, parts.Clip, parts.CISClip, parts.Plain, parts.Shaped, parts.Ones,
-                parts.Reward, parts.GroupNormalised, parts.BatchNormalised, parts.GAE,
+                parts.Reward, parts.GroupNormalised, parts.WhitenedReturns, parts.GAE,
                 parts.TokenMean, parts.SeqMeanTokenMean, parts.SeqMeanTokenSum,
                 parts.ConstantNormaliser, parts.KLPenalty, parts.Switch, parts.Linear,
                 parts.Power, parts.Always):

@@ -32,7 +32,9 @@ norm_adv_by_std_in_grpo, config) -> (advantages, returns)``): preset p's advanta
 reward = Σ_t token_level_rewards, group = ``index`` (verl's uid). ``epsilon`` and
 ``norm_adv_by_std_in_grpo`` are the preset's own (ignored here). Not registered for presets
 whose advantage is Â ≡ 1 (sft) or needs a critic (ppo: use verl's ``gae``). Unlike verl's grpo, a
-group of one row gets Â = 0 (verl: Â = r).
+group of one row gets Â = 0 (verl: Â = r). ``upge_reinforce_pp`` sees only Σ_t of the token
+rewards (no per-token KL): with ``use_kl_in_reward`` use verl's own ``reinforce_plus_plus``, which
+our `WhitenedReturns` equals (tests/test_estimators_verl_parity.py).
 
 Hybrid presets (hpt, hpt_paper, luffy) register their on-policy RL component there: a verl
 ``PolicyLossFn`` sees no per-row SFT/RL tag. The full Hybrid (and every other preset) runs on
@@ -68,8 +70,8 @@ from torch import Tensor
 
 import estimators
 from estimators import Batch, Estimator, Hybrid
-from estimators.estimator import Plan
-from estimators.estimator import DEMOS
+from estimators.estimator import DEMOS, Plan
+from estimators.slots import CONSTANT, ROWS, TOKENS, Advantage
 from verl.trainer.ppo import core_algos
 
 PREFIX = "upge_"
@@ -78,7 +80,7 @@ PREFIX = "upge_"
 # ----------------------------------------------------------------------------------- parts
 
 @dataclass(frozen=True, eq=False)
-class Given:
+class Given(Advantage):
     """Â given by the caller: verl's ``advantages`` [B, T] (or [B]), used as they are."""
 
     adv: Tensor
@@ -90,23 +92,12 @@ class Given:
         return self.adv
 
 
-def _probe_count(reduction):
-    """``reduction``'s count on a 1-row, 2-token probe: 2 (tokens), 1 (sequences) or None (a
-    constant normaliser) — no type switch, so new reductions work."""
-    return reduction.count(torch.ones(1, 2), torch.ones(1, dtype=torch.bool))
-
-
-def counts_tokens(reduction) -> bool:
-    """True when ``reduction``'s normaliser counts tokens, False when it counts sequences."""
-    count = _probe_count(reduction)
-    return count is not None and float(count) == 2.0
-
-
 @dataclass(frozen=True)
 class GlobalCount:
     """``inner``'s row weights and normaliser with the count taken from verl's global batch
-    info: ``tokens`` (batch_num_tokens) for a token count, ``rows`` (global_batch_size) for a
-    sequence count; a missing total falls back to the micro-batch's own count."""
+    info: ``tokens`` (batch_num_tokens) when ``inner`` counts tokens, ``rows``
+    (global_batch_size) when it counts rows — a known total makes Z a constant for this
+    micro-batch; a missing total falls back to the micro-batch's own count."""
 
     inner: Any
     tokens: Optional[float] = None
@@ -118,15 +109,17 @@ class GlobalCount:
     def row_weight(self, mask: Tensor) -> Tensor:
         return self.inner.row_weight(mask)
 
-    def count(self, mask: Tensor, rows: Tensor) -> Optional[Tensor]:
-        local = self.inner.count(mask, rows)
-        total = self.tokens if counts_tokens(self.inner) else self.rows
-        if local is None or total is None:
-            return local
-        return torch.as_tensor(float(total), dtype=mask.dtype, device=mask.device)
+    @property
+    def _total(self) -> Optional[float]:
+        return {TOKENS: self.tokens, ROWS: self.rows}.get(self.inner.counts)
 
+    @property
+    def counts(self) -> str:
+        return self.inner.counts if self._total is None else CONSTANT
+
+    @property
     def scale(self) -> float:
-        return self.inner.scale() if hasattr(self.inner, "scale") else 1.0
+        return self.inner.scale * (1.0 if self._total is None else max(self._total, 1.0))
 
 
 # ---------------------------------------------------------------------------- estimators
@@ -217,9 +210,7 @@ def trainable(name: str):
     if "values" in est.needs:
         raise ValueError(f"preset {name!r} needs a critic's values; in verl use "
                          f"algorithm.adv_estimator=gae with policy_loss.loss_mode={PREFIX}{name}")
-    if isinstance(est, Hybrid):
-        return est.replace(rl=est.rl.replace(kl=None), sft=est.sft.replace(kl=None))
-    return est.replace(kl=None)
+    return est.map_parts(lambda slot, part: None if slot.endswith("kl") else part)
 
 
 def _components(plan: Plan) -> list[Plan]:
@@ -243,14 +234,11 @@ def plan_fields(name: str, reward: Tensor, group, response_mask: Tensor,
                   is_demo=None if is_demo is None else is_demo.to(torch.bool).reshape(B),
                   logp_old=zeros, logp_ref=zeros)
     plan = est.plan(batch)
-    comps = _components(plan)
-    keep = torch.zeros(B, dtype=torch.bool, device=mask.device)
+    keep = plan.trained
     out = {}
-    for i, part in enumerate(comps):
+    for i, part in enumerate(_components(plan)):
         out[f"{FIELDS}adv{i}"] = part.adv
         out[f"{FIELDS}coef{i}"] = part.coef
-        keep |= part.coef != 0
-    keep |= plan.ent != 0
     out[f"{FIELDS}ent"] = plan.ent
     out[f"{FIELDS}step_tokens"] = (mask * keep[:, None]).sum().expand(B).clone()
     out["keep"] = keep
@@ -285,8 +273,7 @@ def with_verl_kl(est, config):
     if kind is None:
         raise ValueError(f"actor.kl_loss_type={config.kl_loss_type!r} has no counterpart here; "
                          f"use one of {sorted(VERL_KL)}")
-    kl = estimators.parts.KLPenalty(coef=float(config.kl_loss_coef), kind=kind)
-    return est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
+    return est.with_kl(estimators.parts.KLPenalty(coef=float(config.kl_loss_coef), kind=kind))
 
 
 class PlanLoss:
@@ -352,18 +339,15 @@ class PlanLoss:
 
 
 def _has_kl(est) -> bool:
-    return any(c.kl is not None for c in _components_of(est))
-
-
-def _components_of(est) -> list:
-    return [est.rl, est.sft] if isinstance(est, Hybrid) else [est]
+    found = []
+    est.map_parts(lambda slot, part: found.append(slot.endswith("kl")) or part)
+    return any(found)
 
 
 def _counted(est) -> list[bool]:
     """Per component: does its normaliser count rows or tokens (so a mini-batch rescales it),
     or is it a constant (e.g. the official HPT's Σ/(8192·8), never rescaled)?"""
-    joint = getattr(est, "joint", None)
-    return [_probe_count(joint or c.reduction) is not None for c in _components_of(est)]
+    return [r.counts != CONSTANT for r in est.reductions()]
 
 
 # ---------------------------------------------------------------------------- registration

@@ -25,6 +25,7 @@ import torch
 
 import records
 from estimators import Batch
+from estimators.estimator import SFT_LABEL
 
 from . import moments as Mo
 from . import registry as Rg
@@ -56,7 +57,8 @@ def update(tree: Tree, est, unit: float, theta, G: int, R: int, gen: torch.Gener
     (g,) = torch.autograd.grad(-loss, th)
     r = b.reward.view(P * R, -1)[:, :nR] if nR else b.reward.view(P * R, -1)[:, :0]
     all_equal = float(((r == r[:, :1]).all(-1)).to(torch.float64).mean()) if nR else float("nan")
-    gate = sum(d["alpha"] == 0 and d["beta"] > 0 for d in plan.gate) / len(plan.gate) if plan.gate else 0.0
+    labels = list(plan.labels().values())
+    gate = labels.count(SFT_LABEL) / len(labels) if labels else 0.0
     return g * unit, gate, all_equal
 
 

@@ -191,6 +191,8 @@ def estimator_rows(s: LMSetting, est) -> tuple[Tensor, Tensor, Batch, Tensor]:
     mask = response_mask(resp).double()
     b = Batch(logp=leaf * mask, mask=mask, reward=rewards(pairs_rows, resp).double(),
               group=torch.arange(P).repeat_interleave(nR + nD), is_demo=is_demo, logp_old=lp * mask)
+    if "logp_ref" in est.needs:   # a KL to π_ref (REINFORCE++'s reward): measured at π_ref = π_old
+        b = b.replace(logp_ref=b.logp_old)
     loss = est(b).loss
     d = -torch.autograd.grad(loss, leaf)[0]
     return ids, resp, b, d.float()

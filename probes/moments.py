@@ -37,7 +37,8 @@ import torch
 from torch import Tensor
 
 from estimators import Batch, Hybrid, parts as Pt
-from estimators.estimator import DEMOS
+from estimators.estimator import DEMOS, SFT_LABEL
+from estimators.slots import CONSTANT, ROWS, TOKENS
 
 from .testbed import Tree
 
@@ -119,27 +120,19 @@ def layout(est, G: int) -> tuple[int, int]:
     return G, 0
 
 
-def _row_count_reduction(red) -> str | None:
-    if isinstance(red, (Pt.SeqMeanTokenMean, Pt.SeqMeanTokenSum)):
-        return "rows"
-    if isinstance(red, Pt.ConstantNormaliser):
-        return "rows" if red.per_row else "const"
-    return None
-
-
 def exact_support(est) -> tuple[bool, str]:
     """Whether exact moments apply: group-local advantage (Ones, Reward, GroupNormalised) and a
     normaliser that is fixed given the update size (row count or constant; for a `Hybrid`, whose
     gate changes the trained row count per prompt, only constants)."""
     local_adv = (Pt.Ones, Pt.Reward, Pt.GroupNormalised)
+    counts = {r.counts for r in est.reductions()}
     if isinstance(est, Hybrid):
-        reds = [est.joint] if est.joint is not None else [est.rl.reduction, est.sft.reduction]
-        if not all(_row_count_reduction(r) == "const" for r in reds):
+        if counts != {CONSTANT}:
             return False, "gate-dependent normaliser couples prompts"
         if not all(isinstance(e.advantage, local_adv) for e in (est.rl, est.sft)):
             return False, "advantage not group-local"
         return True, ""
-    if _row_count_reduction(est.reduction) is None:
+    if TOKENS in counts:
         return False, f"{type(est.reduction).__name__} normaliser couples rows"
     if not isinstance(est.advantage, local_adv):
         return False, f"{type(est.advantage).__name__} advantage is not group-local"
@@ -157,6 +150,8 @@ def make_batch(ctx: Context, est, x: Tensor, j: Tensor, demo: Tensor, group: Ten
              is_demo=demo, logp_old=ctx.logp_old_tok[x, j])
     if "values" in est.needs:
         f["values"] = ctx.values_old[x, j]
+    if "logp_ref" in est.needs:   # a KL to π_ref (REINFORCE++'s reward): measured at π_ref = π_old
+        f["logp_ref"] = f["logp_old"]
     return Batch(**prepare(f)), leaf
 
 
@@ -179,7 +174,7 @@ def row_grads(est, b: Batch, leaf: Tensor) -> RowGrads:
     with torch.no_grad():
         trained = b.mask * (cplan.coef != 0).to(b.mask.dtype)[:, None]
         off = (core.mask(core.denominator(b), cplan.adv) != 1).to(b.mask.dtype) * trained
-        sft_groups = {g["group"] for g in plan.gate if g["alpha"] == 0 and g["beta"] > 0}
+        sft_groups = {g for g, label in plan.labels().items() if label == SFT_LABEL}
         sft = torch.tensor([int(g) in sft_groups for g in b.group.tolist()], dtype=torch.bool)
     return RowGrads(d.detach(), off.sum(-1), trained.sum(-1), sft)
 
@@ -290,8 +285,7 @@ def exact_moments(ctx: Context, est, prepare=lambda f: f, unit: float = 1.0) -> 
 def _z_factor(est, n_groups: int, P: int, R: int) -> float:
     """Normaliser correction from a batch of ``n_groups`` groups to one update of P·R groups:
     row-count normalisers scale with the group count, constants do not."""
-    red = (est.joint if est.joint is not None else est.rl.reduction) if isinstance(est, Hybrid) else est.reduction
-    return n_groups / (P * R) if _row_count_reduction(red) == "rows" else 1.0
+    return n_groups / (P * R) if est.reductions()[0].counts == ROWS else 1.0
 
 
 def _draw(ctx: Context, nR: int, nD: int, gen: torch.Generator) -> Tensor:

@@ -24,7 +24,8 @@ from typing import Callable
 
 
 import estimators
-from estimators import Hybrid, parts as Pt
+from estimators import parts as Pt
+from estimators.slots import CONSTANT, ROWS
 
 
 def sequence_behaviour(fields: dict) -> dict:
@@ -39,11 +40,8 @@ def sequence_behaviour(fields: dict) -> dict:
 def _const(est, P: int, R: int, G: int) -> float:
     """The factor that puts a constant-normaliser estimator on the scale of ∇J: C for
     Σ/(C·N) (Dr. GRPO), C/(rows) for Σ/C (official HPT/LUFFY), 1 otherwise."""
-    red = est.joint if isinstance(est, Hybrid) and est.joint is not None else (
-        est.rl.reduction if isinstance(est, Hybrid) else est.reduction)
-    if not isinstance(red, Pt.ConstantNormaliser):
-        return 1.0
-    return red.constant if red.per_row else red.constant / (P * R * G)
+    red = est.reductions()[0]
+    return {ROWS: red.scale, CONSTANT: red.scale / (P * R * G)}.get(red.counts, 1.0)
 
 
 def _identity(fields: dict) -> dict:

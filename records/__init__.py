@@ -25,7 +25,13 @@ Layout of one run directory::
       eval/<benchmark>.jsonl   per-benchmark generations (free-form rows)
       probes/<probe>.jsonl     tidy probe rows (see PROBE_FIELDS)
       checkpoints/       model checkpoints in the ecosystem's own formats
-      status.json        {"state": "running"|"finished"|"failed", "step": int, "message": str}
+      status.json        {"state": "running"|"finished"|"failed", "step": int, "message": str,
+                          "time": float, "pid": int, "host": str, "heartbeat": float}
+                         (the heartbeat is renewed with every metrics row; `run_state` reports
+                         a "running" run whose process is gone or silent as "stopped")
+
+A run owns its directory: `create_run_dir` makes it atomically (``os.mkdir``) and never hands out
+an existing one.
 
 Writers append one whole line per record and flush + fsync after every write, so a reader sees
 either the whole record or a truncated last line, which the readers skip and report as a note.
@@ -70,6 +76,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +219,10 @@ class RunWriter:
     def log_metrics(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), "time": time.time(), **metrics}
         _append_lines(self.run_dir / METRICS, [row])
+        if self._running:
+            self.set_status("running", step)  # the heartbeat
+
+    _running = False
 
     def log_samples(self, rows: Iterable[dict]) -> None:
         _append_lines(self.run_dir / SAMPLES, rows)
@@ -225,9 +236,27 @@ class RunWriter:
     def log_probe(self, probe: str, rows: Iterable[dict]) -> None:
         _append_lines(self.run_dir / PROBES_DIR / f"{probe}.jsonl", rows)
 
-    def set_status(self, state: str, step: int = 0, message: str = "") -> None:
-        _write_json_atomic(self.run_dir / STATUS, {"state": state, "step": step,
-                                                    "message": message, "time": time.time()})
+    def set_status(self, state: str, step: int = 0, message: str = "") -> bool:
+        """Write status.json with this process's pid, host and a heartbeat time. Best effort
+        (False when it cannot be written, e.g. on a full disk: `run_state` still tells a dead
+        run from a live one)."""
+        self._running = state == "running"
+        now = time.time()
+        try:
+            _write_json_atomic(self.run_dir / STATUS, {
+                "state": state, "step": step, "message": message, "time": now,
+                "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now})
+            return True
+        except OSError:
+            (self.run_dir / (STATUS + ".tmp")).unlink(missing_ok=True)
+            return False
+
+    def record_resume(self, step: int, config: dict, changed: dict) -> None:
+        """A resume at ``step``: config.json's ``config`` becomes ``config`` (the resolved config
+        now in force) and ``resumes`` gets {"step", "changed": {field: [before, after]}}."""
+        cfg = read_config(self.run_dir)
+        history = [*cfg.get("resumes", []), {"step": int(step), "changed": changed}]
+        self.write_config({**cfg, "config": config, "resumes": history})
 
     def truncate_after(self, step: int) -> None:
         """Drop metric/sample/eval rows with ``step > step`` (used when resuming a killed run
@@ -320,6 +349,58 @@ def read_status(run_dir: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
+
+
+STALE_AFTER_S = 1800.0  # a "running" status with no heartbeat for this long is "stopped"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def run_state(status: dict, now: float | None = None, stale_after: float = STALE_AFTER_S) -> str:
+    """The state a reader should show for ``status`` (as `read_status` returns it): its "state",
+    except that a "running" run is "stopped" when its process is gone (same host) or its
+    heartbeat is older than ``stale_after`` seconds (a kill, a crash, a lost machine)."""
+    state = status.get("state", "")
+    if state != "running":
+        return state
+    pid, host = status.get("pid"), status.get("host")
+    if isinstance(pid, int) and host == socket.gethostname() and not _pid_alive(pid):
+        return "stopped"
+    beat = status.get("heartbeat", status.get("time"))
+    now = time.time() if now is None else now
+    if not isinstance(beat, (int, float)) or now - beat > stale_after:
+        return "stopped"
+    return state
+
+
+class RunDirExists(FileExistsError):
+    """An explicitly named run directory that exists already."""
+
+
+def create_run_dir(root: Path | str, name: str, unique: bool = True) -> Path:
+    """Create ``root/name`` atomically and return it; the caller owns it alone. When it exists:
+    with ``unique`` the first free ``name-2``, ``name-3``, ... (also created atomically), else
+    `RunDirExists` naming it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = root / (name if i == 1 else f"{name}-{i}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            if not unique:
+                raise RunDirExists(f"run directory {path} exists already: choose another "
+                                   f"--run-id, or continue it with --resume {path}") from None
+    raise RunDirExists(f"no free run directory name {root / name}-N")
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], Notes]:

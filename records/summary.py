@@ -103,7 +103,8 @@ def run_summary(rec: RunRecords) -> dict:
         "max_steps": config_get(cfg, "max_steps"),
         "final_accuracy": final_accuracy(rec),
         "wall_time_s": wall_time(rec.metrics),
-        "state": str(rec.status.get("state", "probe-only" if rec.metrics.empty else "unknown")),
+        # a "running" status whose process is gone or silent reads "stopped" (records.run_state)
+        "state": str(records.run_state(rec.status) or ("probe-only" if rec.metrics.empty else "unknown")),
     }
 
 

@@ -31,8 +31,9 @@ def random_batch(B=12, T=7, G=4, seed=0, demos=False, stale=0.3, values=False, r
 
 def batch_for(name, **kw):
     est = estimators.get(name)
-    return random_batch(demos=isinstance(est, Hybrid) or est.rows != "rollouts",
-                        values="values" in est.needs, **kw)
+    b = random_batch(demos=isinstance(est, Hybrid) or est.rows != "rollouts",
+                     values="values" in est.needs, **kw)
+    return b.replace(logp_ref=b.logp_old) if "logp_ref" in est.needs else b   # π_ref = π_θold
 
 
 def grad(est, b, plan=None):

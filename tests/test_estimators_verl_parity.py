@@ -154,3 +154,38 @@ def test_gae_matches_verl(gamma, lam):
     _, ret = GAE(gamma, lam).advantages_and_returns(b)
     assert torch.allclose(ret, ref_ret * b.mask, atol=1e-9)          # returns (critic targets)
     assert torch.allclose(GAE(gamma, lam, whiten=True)(b), ref_adv * b.mask, atol=1e-9)
+
+
+def test_reinforce_pp_matches_verl_advantage_and_vanilla_loss():
+    """REINFORCE++ as verl 0.9.1 runs it with ``use_kl_in_reward``: the token reward is the score
+    minus β·kl_penalty(old, ref, "kl") (``ray_trainer.apply_kl_penalty``, which needs verl's Ray
+    stack, so its two lines are applied here around verl's own ``kl_penalty``), then
+    ``compute_reinforce_plus_plus_outcome_advantage`` and the vanilla loss, token-mean."""
+    from omegaconf import OmegaConf
+
+    b = tensors(seed=9, stale=0.3)
+    ref = b.logp_old + 0.3 * torch.randn(b.logp.shape, generator=torch.Generator().manual_seed(10), dtype=DT)
+    b = b.replace(logp_ref=ref)
+    est = estimators.get("reinforce_pp")
+    beta = est.advantage.kl_coef
+    assert beta > 0 and est.advantage.kl_kind == "k1"
+    scores = torch.zeros_like(b.mask)
+    scores[torch.arange(b.size), b.mask.sum(1).long() - 1] = b.reward
+    token_rewards = scores - beta * ca.kl_penalty(b.logp_old, b.logp_ref, kl_penalty="kl") * b.mask
+    adv, returns = ca.compute_reinforce_plus_plus_outcome_advantage(
+        token_rewards, b.mask, config=OmegaConf.create({"gamma": 1.0}))
+    plan = est.plan(b)
+    assert torch.allclose(plan.adv * b.mask, adv, atol=1e-6)
+    assert torch.allclose(plan.returns, returns, atol=1e-6)
+    # gradient with verl's always-on dual clip (c = 3) on our side too; value where nothing clips
+    loss, _ = ca.compute_policy_loss_vanilla(b.logp_old, b.logp, adv, b.mask, loss_agg_mode="token-mean",
+                                             config=verl_config())
+    dual = est.replace(mask=Clip(0.2, 0.2, dual=3.0))
+    g_ours, g_ref = grads(dual(b).loss, loss, b.logp)
+    assert torch.allclose(g_ours, g_ref, atol=1e-6)
+    near = b.replace(logp_old=b.logp.detach() + 0.01 * torch.randn(b.logp.shape, dtype=DT,
+                                                                     generator=torch.Generator().manual_seed(11)))
+    adv_near = est.plan(near).adv * near.mask
+    loss_near, _ = ca.compute_policy_loss_vanilla(near.logp_old, near.logp, adv_near, near.mask,
+                                                  loss_agg_mode="token-mean", config=verl_config())
+    assert torch.allclose(est(near).loss, loss_near, atol=1e-6)

@@ -6,6 +6,7 @@ NaN handling, LoRA/full checkpoints reloaded with plain transformers/peft, kill-
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -251,3 +252,23 @@ def test_training_raises_held_out_accuracy_beyond_seed_noise(tmp_path, preset):
     print(f"{preset}: base {bases}, trained {finals}, seed noise {noise:.3f}, "
           f"margin {min(finals) - max(bases):.3f}")
     assert min(finals) - max(bases) > noise, (bases, finals)
+
+
+@pytest.mark.parametrize("gate", ["switch", "linear", "power", "always"])
+def test_each_gate_trains(tiny_model, tmp_path, gate):
+    """`--gate` picks the Hybrid's gate: a 2-step HPT run with each one trains and records it."""
+    run.main(small("hpt", tiny_model, tmp_path, "--gate", gate, "--eval-k", "1"))
+    check_common(tmp_path / "hpt")
+    metrics, _ = read(tmp_path / "hpt")
+    cfg = records.read_config(tmp_path / "hpt")
+    assert gate.capitalize() in str(cfg["estimator"])
+    for step in (1, 2):
+        assert math.isfinite(metrics[step]["train/loss"]) and not metrics[step].get("train/nonfinite_loss")
+
+
+def test_reinforce_pp_trains_with_a_reference_policy(tiny_model, tmp_path):
+    """REINFORCE++ puts a KL to π_ref in the reward: the run builds the reference itself."""
+    run.main(small("reinforce_pp", tiny_model, tmp_path))
+    check_common(tmp_path / "reinforce_pp")
+    metrics, _ = read(tmp_path / "reinforce_pp")
+    assert all(math.isfinite(metrics[s]["train/loss"]) for s in (1, 2))

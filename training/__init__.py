@@ -16,7 +16,8 @@ The loop (the paper's Algorithm 1)
                      `Critic` | `NoCritic`, `NoReference`
     ``distributed``  data parallelism (`SingleProcess` | `TorchDistributed`), FSDP helpers
     ``policy``       the HF model: packing, log-probs, LoRA/full loading, value head, π_ref
-    ``checkpoint``   save/restore in the ecosystem's formats; ``machine``: device, versions;
+    ``checkpoint``   save/restore in the ecosystem's formats (checksummed); ``machine``: device,
+                     versions; ``resources``: the torch thread count;
     ``progress``     timers and the progress bar
 
 Rollout engines (``rollout/``)

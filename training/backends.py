@@ -113,9 +113,8 @@ class Critic:
     coef: float
     needs_old_values = True  # the GAE advantage reads V_θold: no single-pass steps
 
-    def target(self, stage, sub, n_tok: torch.Tensor) -> "ValueTarget":
-        returns = stage.est.advantage.advantages_and_returns(sub)[1]
-        return ValueTarget(returns, n_tok, self.coef, stage.epochs)
+    def target(self, stage, plan, n_tok: torch.Tensor) -> "ValueTarget":
+        return ValueTarget(plan.returns, n_tok, self.coef, stage.epochs)
 
 
 @dataclass
@@ -140,7 +139,7 @@ class NoCritic:
     head = None
     needs_old_values = False
 
-    def target(self, stage, sub, n_tok) -> "NoTarget":
+    def target(self, stage, plan, n_tok) -> "NoTarget":
         return NoTarget()
 
 

@@ -277,14 +277,6 @@ def _select_packed(p: Packed, idx: torch.Tensor, trim: bool = True) -> Packed:
                   mask[:, :T], P)
 
 
-def _trained_rows(plan) -> torch.Tensor:
-    """Indices of rows with a non-zero weight in the plan (other rows are skipped)."""
-    w = (plan.coef != 0) | (plan.ent != 0)
-    for part in plan.parts:
-        w = w | (part.coef != 0)
-    return w.nonzero().squeeze(-1)
-
-
 def _gate_metrics(sub, trained: torch.Tensor, m: dict) -> None:
     """gate/offline_ratio: demo rows / all rows trained in the (mini-)batch."""
     demo = sub.is_demo[trained]

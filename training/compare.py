@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +92,8 @@ def run_one(preset: str, seed: int, root: Path, extra: list[str]) -> Path:
     if run_dir.exists() and (run_dir / records.CHECKPOINTS).is_dir():
         cmd = [sys.executable, "-m", "training.run", preset, "--resume", str(run_dir),
                "--progress", "false"]
+    elif run_dir.exists():  # stopped before its first checkpoint: nothing to resume, start again
+        shutil.rmtree(run_dir)
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, asdict, dataclass, field, fields
+import dataclasses
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Optional, get_type_hints
 
 import estimators
@@ -51,7 +52,10 @@ class RunConfig:
     epochs: Optional[int] = _f(None, "passes over each batch (PPO sample reuse); default: the preset's")
     entropy_coef: Optional[float] = _f(None, "entropy bonus coefficient; default: the preset's")
     kl_coef: float = _f(0.0, "KL(pi || pi_init) coefficient (k3); 0 = no reference model")
-    gate_gamma: Optional[int] = _f(None, "HPT switch gate: SFT when <= gamma of n rollouts are correct")
+    gate: str = _f("", "gate of a gated preset (hpt, hpt_paper, luffy): switch | linear | power | always; empty = the preset's")
+    gate_gamma: Optional[int] = _f(None, "switch gate: SFT when <= gamma of n rollouts are correct")
+    gate_k: Optional[float] = _f(None, "power gate: beta*(1-P)^k (k = n is the smooth switch); default 8")
+    gate_alpha: Optional[float] = _f(None, "always gate: the RL weight alpha on every prompt; default 1")
     stage_split: float = _f(0.5, "sft_then_grpo: fraction of the steps spent on SFT")
     dynamic_sampling_rounds: int = _f(4, "DAPO: extra sampling rounds to refill dropped groups")
     value_coef: float = _f(0.5, "PPO: weight of the critic's squared-error loss")
@@ -60,14 +64,15 @@ class RunConfig:
     eval_k: int = _f(4, "samples per held-out problem (avg@k, pass@1..k)")
     eval_temperature: float = _f(0.6, "evaluation sampling temperature")
     eval_top_p: float = _f(1.0, "evaluation top-p")
-    save_every: int = _f(40, "checkpoint every this many steps (and at the end)")
-    keep_checkpoints: int = _f(2, "how many most recent checkpoints to keep")
+    save_every: int = _f(10, "checkpoint every this many steps (and at the end; the embedded default: ~1 min of work)")
+    keep_checkpoints: int = _f(2, "how many most recent checkpoints to keep (>= 2: resume falls back to the previous one when the latest is corrupt)")
     verifier_timeout: float = _f(2.0, "hard time limit (s) of one math-verify check")
     seed: int = _f(0, "seed of data order, sampling and initialisation")
     runs_dir: str = _f("runs", "where run directories are created")
     run_id: str = _f("", "run directory name; empty = <preset>-s<seed>-<time>")
-    resume: str = _f("", "resume the run in this directory from its last checkpoint")
-    threads: int = _f(0, "torch CPU threads (0 = torch's default)")
+    resume: str = _f("", "resume the run in this directory from its last intact checkpoint (its config; "
+                         "only --steps (more), --progress, --threads, --save-every, --keep-checkpoints may change)")
+    threads: int = _f(0, "torch CPU threads (0 = chosen from the free cores: training/resources.py)")
     progress: bool = _f(True, "show a progress bar")
     # scale (docs/scale.md)
     profile: str = _f("", "hyper-parameter profile (training/profiles.py), e.g. paper-qwen2.5-math-1.5b; explicit flags win")
@@ -85,6 +90,38 @@ class RunConfig:
 
     def resolved(self) -> dict:
         return asdict(self)
+
+
+# gate flag → the gate parameter it sets (`estimators.parts.GATES`); every gate has beta
+GATE_FLAGS = {"gate_gamma": "gamma", "gate_k": "k", "gate_alpha": "alpha", "sft_coef": "beta"}
+
+
+def with_gate(est, cfg: RunConfig):
+    """``est`` with ``--gate`` (or its own gate) and the gate flags given; a flag the gate has no
+    parameter for, or ``--gate`` on a preset without a gate, is an error naming the flag."""
+    gates = estimators.parts.GATES
+    if cfg.gate and cfg.gate not in gates:
+        raise SystemExit(f"--gate must be one of {', '.join(gates)}, got {cfg.gate!r}")
+    given = {flag: getattr(cfg, flag) for flag in GATE_FLAGS if getattr(cfg, flag) is not None}
+    found = []
+
+    def gate(slot: str, part):
+        if slot != "gate":
+            return part
+        new = gates[cfg.gate]() if cfg.gate else part
+        params = {f.name for f in fields(new)}
+        for flag in given:
+            if GATE_FLAGS[flag] not in params:
+                raise SystemExit(f"--{flag.replace('_', '-')} does nothing for the {type(new).__name__} gate "
+                                 f"(its parameters: {', '.join(sorted(params))}); drop it or choose another --gate")
+        found.append(new)
+        return replace(new, **{GATE_FLAGS[flag]: v for flag, v in given.items()})
+
+    out = est.map_parts(gate) if cfg.gate or given else est
+    if cfg.gate and not found:
+        gated = sorted(n for n, e in estimators.PRESETS.items() if isinstance(e, estimators.Hybrid))
+        raise SystemExit(f"--gate {cfg.gate}: preset {cfg.preset!r} has no gate (gated presets: {', '.join(gated)})")
+    return out
 
 
 def preset_names() -> list[str]:
@@ -130,10 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     cfg = RunConfig(**vars(build_parser().parse_args(argv)))
+    if cfg.resume:  # the saved config, with the changes allowed on a resume
+        return resume_config(cfg, saved_config(cfg.resume), explicit_fields(argv))[0]
     if cfg.profile:
         from .profiles import apply_profile
 
-        cfg = apply_profile(cfg, explicit_fields(argv))
+        explicit = explicit_fields(argv)
+        cfg = apply_profile(cfg, explicit)
+        if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
+            gate = estimators.parts.GATES.get(cfg.gate)
+            params = {f.name for f in fields(gate)} if gate else set()
+            cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
+                                  if flag not in explicit and param not in params})
     return cfg
 
 
@@ -141,5 +186,55 @@ def explicit_fields(argv: Optional[list[str]] = None) -> set:
     """Names of the fields given on the command line (a profile never overrides them)."""
     p = build_parser()
     for a in p._actions:
-        a.default = argparse.SUPPRESS
-    return set(vars(p.parse_args(argv)))
+        a.default = None if a.dest == "preset" else argparse.SUPPRESS
+    return {k for k, v in vars(p.parse_args(argv)).items() if not (k == "preset" and v is None)}
+
+
+# --------------------------------------------------------------------------------- resume
+
+# Fields a resume may change (anything else would make the run a different run than its records
+# say): field -> the condition on (before, after) under which the change is accepted.
+RESUME_MAY_CHANGE = {
+    "steps": lambda before, after: after >= before,  # more steps extend the run
+    "progress": lambda before, after: True,
+    "threads": lambda before, after: True,
+    "save_every": lambda before, after: True,
+    "keep_checkpoints": lambda before, after: True,
+    "resume": lambda before, after: True,
+}
+
+
+def saved_config(run_dir: str) -> dict:
+    """The resolved config a run recorded in its config.json (for `resume_config`)."""
+    import records
+
+    saved = records.read_config(run_dir).get("config")
+    if not saved:
+        raise FileNotFoundError(f"{run_dir}: no {records.CONFIG} to resume from")
+    return saved
+
+
+def resume_config(now: RunConfig, saved: dict, given: Optional[set] = None) -> tuple[RunConfig, dict]:
+    """(config of the resumed run, {field: [before, after]} of the accepted changes): the saved
+    config, with the ``given`` fields of ``now`` (default: those that differ from RunConfig's
+    defaults) that differ from it applied when `RESUME_MAY_CHANGE` allows it. Any other change
+    is refused with one message naming every such field."""
+    unknown = sorted(set(saved) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise SystemExit(f"--resume {now.resume}: its config has fields this version does not know: "
+                         f"{', '.join(unknown)}")
+    before = RunConfig(**{**saved, "resume": now.resume})
+    default = RunConfig()
+    if given is None:
+        given = {f.name for f in fields(RunConfig) if getattr(now, f.name) != getattr(default, f.name)}
+    changed = {k: [getattr(before, k), getattr(now, k)] for k in sorted(given)
+               if getattr(now, k) != getattr(before, k)}
+    refused = [k for k, (b, a) in changed.items() if not RESUME_MAY_CHANGE.get(k, lambda *_: False)(b, a)]
+    if refused:
+        flag = lambda k: k if k == "preset" else "--" + k.replace("_", "-")  # noqa: E731
+        what = ", ".join(f"{flag(k)} {changed[k][1]!r} (the run has {changed[k][0]!r})" for k in refused)
+        raise SystemExit(f"--resume {now.resume}: cannot change {what}; a resumed run keeps its "
+                         "config except more --steps, --progress, --threads, --save-every and "
+                         "--keep-checkpoints (start a new run to change anything else)")
+    changed.pop("resume", None)
+    return dataclasses.replace(before, **{k: a for k, (_, a) in changed.items()}), changed

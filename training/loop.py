@@ -28,7 +28,7 @@ import records
 from . import batching, checkpoint, data
 from .backends import NoCritic, Replicated
 from .batching import (MiniBatch, Row, Rollouts, StepBatch, StepMetrics, _first_groups,
-                       _gate_metrics, _rollout_metrics, _select_packed, _trained_rows)
+                       _gate_metrics, _rollout_metrics, _select_packed)
 from .config import RunConfig
 from .distributed import SingleProcess, clip_grad_norm
 from .evaluation import heldout
@@ -198,7 +198,7 @@ class Trainer:
         does with ``num_iterations=1``) and the separate no-grad scoring pass is skipped. With
         engine log-probs the gap to π_θold is measured over the whole batch first."""
         return (stage.epochs == 1 and k == 1 and not stage.critic.needs_old_values
-                and not rollouts.engine_logp)
+                and not rollouts.engine_logp and not stage.est.plan_reads_old)
 
     def old_batch(self, stage: Stage, rollouts: Rollouts, packed: Packed, one_pass: bool,
                   m: StepMetrics) -> Optional[StepBatch]:
@@ -223,12 +223,12 @@ class Trainer:
         """Rows ``mb`` planned once (normalisers over every rank); the gate decides here."""
         sub = sb.batch.select(mb)
         plan = stage.est.plan(sub, all_reduce=self.dist.reducer)
-        trained = _trained_rows(plan)
+        trained = plan.trained.nonzero().squeeze(-1)
         n_tok = self.dist.sum_tensor(sub.mask[trained].sum()).clamp_min(1)
         _gate_metrics(sub, trained, m)
-        m.gates.update({d["group"]: "sft" if d["beta"] > 0 and d["alpha"] == 0 else "rl" for d in plan.gate})
+        m.gates.update(plan.labels())
         return MiniBatch(stage, _select_packed(sb.packed, mb, trim=False), sub, plan, trained,
-                         stage.critic.target(stage, sub, n_tok), sb.one_pass)
+                         stage.critic.target(stage, plan, n_tok), sb.one_pass)
 
     def optimise(self, mini: MiniBatch, m: StepMetrics) -> bool:
         """Accumulate the gradient of one mini-batch over micro-batches, then one optimizer
@@ -271,9 +271,8 @@ class Trainer:
         if not bool(torch.isfinite(loss)):
             return None
         m.add(records.TRAIN_LOSS, loss.item())
-        kl = out.stats.get("kl", out.stats.get("rl/kl"))
-        if kl is not None:
-            m[records.TRAIN_KL] = kl
+        if out.kl is not None:
+            m[records.TRAIN_KL] = out.kl
         return loss
 
     def optimizer_step(self) -> tuple[float, bool]:
@@ -366,11 +365,12 @@ class Trainer:
                                  {"data": self.stream.cursor, "demos_truncated": self.demos_truncated},
                                  keep=self.cfg.keep_checkpoints, full_state=full)
 
-    def restore(self) -> None:
-        """Continue from the run directory's latest checkpoint (weights, optimizer, RNG, data)."""
-        ckpt = checkpoint.latest(self.run_dir)
+    def restore(self, log=print) -> None:
+        """Continue from the run directory's latest intact checkpoint (weights, optimizer, RNG,
+        data cursor)."""
+        ckpt = checkpoint.latest_intact(self.run_dir, warn=log)  # checksums verified, newest first
         if ckpt is None:
-            raise FileNotFoundError(f"{self.run_dir}: no checkpoint to resume from")
+            raise FileNotFoundError(f"{self.run_dir}: no intact checkpoint to resume from")
         state = checkpoint.restore(ckpt, self.model, self.critic.head, self.optimizer, self.scheduler,
                                    load_full=self.backend.load_full(self.critic.head))
         self.completed = state["step"]

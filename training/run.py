@@ -29,9 +29,9 @@ import torch  # noqa: E402
 
 import records  # noqa: E402
 
-from . import base, checkpoint, data, distributed, task  # noqa: E402
+from . import base, checkpoint, data, distributed, resources, task  # noqa: E402
 from .backends import Critic, NoCritic, NoReference, make_backend  # noqa: E402
-from .config import RunConfig, parse_args  # noqa: E402
+from .config import RunConfig, parse_args, resume_config, saved_config  # noqa: E402
 from .loop import RunStopped, Trainer  # noqa: E402
 from .machine import resolve_device, versions  # noqa: E402
 from .progress import Timers  # noqa: E402
@@ -67,10 +67,13 @@ def _stream(cfg: RunConfig):
 def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Trainer:
     """Every object of the run, chosen from the config (resuming when ``cfg.resume``)."""
     timers = Timers()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.resume:
-        cfg = _resumed_config(cfg)
+    resumed = {}
+    if cfg.resume:  # the run's own config; a changed field is refused (config.resume_config)
+        cfg, resumed = resume_config(cfg, saved_config(cfg.resume))
+    threads, why = (cfg.threads, "--threads") if cfg.threads else resources.auto_threads()
+    torch.set_num_threads(threads)
+    log(f"torch threads: {threads} ({why})")
+    cfg = dataclasses.replace(cfg, threads=threads)  # recorded, so a resume computes alike
     dist = distributed.make()
     if dist.world > 1 and not cfg.seed_per_prompt:  # so that 1 and N processes sample alike
         log(f"{dist.describe()}: --seed-per-prompt forced on (rollouts seeded per prompt)")
@@ -79,6 +82,7 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} is too small for "
                          f"{dist.world} processes x --mini-batches {cfg.mini_batches}")
     stages = make_stages(cfg)
+    backend = make_backend(cfg, dist)  # single process / data parallel, or FSDP
     with timers("base model"):
         model_path = cfg.model or str(base.ensure_base(rebuild=cfg.rebuild_base, log=log))
         model_path = engines.edited_model_dir(model_path, cfg)  # rope_theta / max positions
@@ -90,8 +94,8 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         model.train()
         dist.sync_params(list(model.parameters()))
         # π_ref: a frozen full copy made before sharding (FSDP shards it like the policy)
-        reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
-        backend = make_backend(cfg, dist)
+        needs_ref = cfg.kl_coef > 0 or any("logp_ref" in s.est.needs for s in stages)  # REINFORCE++
+        reference = Reference.of(model, checkpoint.is_lora(model)) if needs_ref else NoReference()
         model = backend.shard(model)
         if isinstance(reference, Reference):
             backend.shard(reference.model)
@@ -103,8 +107,9 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         dist.sync_params(params)
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         sched = make_schedule(opt, cfg)
-        run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.runs_dir) / (
-            cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = (Path(cfg.resume) if cfg.resume or not dist.is_main else records.create_run_dir(
+            cfg.runs_dir, cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}",
+            unique=not cfg.run_id))  # a new run owns a new directory
         run_dir = Path(distributed_run_dir(dist, str(run_dir)))
         writer = records.RunWriter(run_dir) if dist.is_main else distributed.NullWriter()
         trainer = Trainer(cfg, run_dir, writer, model, tok, critic, reference,
@@ -114,7 +119,8 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
                           backend=backend, prompt_fn=make_prompt_fn(cfg, tok),
                           save_checkpoint=checkpoint.save if dist.is_main else _no_save)
     if cfg.resume:
-        trainer.restore()
+        trainer.restore(log)
+        writer.record_resume(trainer.completed, cfg.resolved(), resumed)
     else:
         writer.write_config({**_config_record(cfg, stages, model_path), "world_size": dist.world})
     return trainer
@@ -137,22 +143,20 @@ def _config_record(cfg: RunConfig, stages: list, model_path: str) -> dict:
             "versions": versions(), "git_commit": records.git_commit(), "command": sys.argv}
 
 
-def _resumed_config(cfg: RunConfig) -> RunConfig:
-    """The saved config of the run being resumed (only ``resume``/``progress`` come from now)."""
-    saved = records.read_config(cfg.resume).get("config")
-    if not saved:
-        raise FileNotFoundError(f"{cfg.resume}: no {records.CONFIG} to resume from")
-    return dataclasses.replace(RunConfig(**saved), resume=cfg.resume, progress=cfg.progress)
 
 
 def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None) -> Trainer:
     cfg = parse_args(argv)
     t0 = time.time()
-    trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except records.RunDirExists as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.train()
-    except RunStopped as e:
+    except (RunStopped, checkpoint.SaveFailed) as e:
+        trainer.writer.set_status("failed", trainer.step, str(e))
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except BaseException as e:

@@ -10,51 +10,39 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import estimators
-from estimators import Hybrid
-from estimators.parts import ConstantNormaliser, KLPenalty, Switch
+from estimators.parts import KLPenalty
+from estimators.slots import CONSTANT
 
 from . import batching
 from .backends import NoCritic
 from .batching import Row
-from .config import TWO_STAGE, RunConfig
+from .config import TWO_STAGE, RunConfig, with_gate
 from .rollout import engines
 
 OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
 
 
 def scale_constants(est, max_new_tokens: int):
-    """Replace every `ConstantNormaliser`'s generation budget C with this run's: per-row
+    """Replace every constant normaliser's generation budget C with this run's: per-row
     (Dr. GRPO) C = max_new_tokens; pooled (official HPT/LUFFY, C = 8192·8) C = max_new_tokens·8."""
-    changes = {}
-    for f in dataclasses.fields(est):
-        v = getattr(est, f.name)
-        if isinstance(v, ConstantNormaliser):
-            c = max_new_tokens * (1 if v.per_row else OFFICIAL_RANKS)
-            changes[f.name] = dataclasses.replace(v, constant=float(c))
-        elif isinstance(v, (estimators.Estimator, Hybrid)):
-            changes[f.name] = scale_constants(v, max_new_tokens)
-    return dataclasses.replace(est, **changes) if changes else est
+    def budget(slot, part):
+        if "constant" not in {f.name for f in dataclasses.fields(part)}:
+            return part
+        ranks = OFFICIAL_RANKS if part.counts == CONSTANT else 1
+        return dataclasses.replace(part, constant=float(max_new_tokens * ranks))
+    return est.map_parts(budget)
 
 
 def with_options(est, cfg: RunConfig):
-    """Apply the run's overrides: entropy bonus, KL to the initial policy, gate γ."""
+    """Apply the run's overrides: entropy bonus, KL to the initial policy, the gate."""
     if cfg.entropy_coef is not None:
         est = est.replace(entropy_coef=cfg.entropy_coef)
     if cfg.kl_coef > 0:
-        kl = KLPenalty(coef=cfg.kl_coef, kind="k3")
-        est = est.replace(rl=est.rl.replace(kl=kl)) if isinstance(est, Hybrid) else est.replace(kl=kl)
-    if cfg.gate_gamma is not None and isinstance(getattr(est, "gate", None), Switch):
-        est = est.replace(gate=dataclasses.replace(est.gate, gamma=cfg.gate_gamma))
-    if cfg.sft_coef is not None and hasattr(getattr(est, "gate", None), "beta"):
-        est = est.replace(gate=dataclasses.replace(est.gate, beta=cfg.sft_coef))
+        est = est.with_kl(KLPenalty(coef=cfg.kl_coef, kind="k3"))
+    est = with_gate(est, cfg)
     if cfg.rollout_engine == "vllm":  # the engine returns behaviour log-probs: TIS
         est = engines.with_tis(est, cfg.tis_cap)
     return est
-
-
-def uses_entropy(est) -> bool:
-    return bool(est.entropy_coef) or any(uses_entropy(getattr(est, n)) for n in ("rl", "sft")
-                                         if hasattr(est, n))
 
 
 @dataclass
@@ -94,7 +82,7 @@ def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
         keep=batching.group_filter(t),
         refill_rounds=cfg.dynamic_sampling_rounds if t.dynamic_sampling else 0,
         epochs=cfg.epochs if cfg.epochs is not None else t.epochs,
-        value_head=t.value_head, entropy=uses_entropy(est))
+        value_head=t.value_head, entropy=est.uses_entropy)
 
 
 def make_stages(cfg: RunConfig) -> list[Stage]:

@@ -108,14 +108,13 @@ def require_vllm() -> None:
 
 
 def with_tis(est, cap: float):
-    """Wrap the estimator's (the Hybrid's RL part's) denominator in `TruncatedIS`, so rows
-    sampled by an engine whose log-probs differ from the trainer's are re-weighted by
-    min(π_θold/π_behavior, cap)."""
+    """Wrap the denominator of the component that trains rollouts (the estimator's, or a
+    Hybrid's RL part's) in `TruncatedIS`, so rows sampled by an engine whose log-probs differ
+    from the trainer's are re-weighted by min(π_θold/π_behavior, cap) after the clip."""
     from estimators.parts import TruncatedIS
 
-    if hasattr(est, "rl"):
-        return est.replace(rl=with_tis(est.rl, cap))
-    return est.replace(denominator=TruncatedIS(base=est.denominator, cap=cap))
+    rollout_denominators = ("denominator", "rl.denominator")
+    return est.map_parts(lambda slot, p: TruncatedIS(base=p, cap=cap) if slot in rollout_denominators else p)
 
 
 def edited_model_dir(model_path: str, cfg) -> str:
