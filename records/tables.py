@@ -2,8 +2,10 @@
 
 Everything here reads through :mod:`records` (the one owner of the on-disk format) and returns
 plain pandas objects; no Streamlit, no torch. Readers are tolerant: a missing file gives an
-empty frame, a missing key a NaN column, a corrupt line a note (see :class:`records.Notes`),
-never an exception. One row per run (the run table) is :mod:`records.summary`; pass@k curves
+empty frame, a missing optional key a NaN column; a corrupt line, a row whose field has the
+wrong type (checked against the field tables below), a file that cannot be read (a directory,
+a dangling symlink, binary data) is skipped with a note that says what and why (see
+:class:`records.Notes`), never an exception. One row per run (the run table) is :mod:`records.summary`; pass@k curves
 are :mod:`records.passk`.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 import records
+from records.passk import verdict
 
 ENV_RUNS_DIR = "UPGE_RUNS_DIR"
 DEFAULT_RUNS_DIR = "runs"
@@ -39,6 +42,12 @@ def resolve_runs_dir(argv: Sequence[str], environ: Mapping[str, str]) -> Path:
         if arg.startswith("--runs="):
             return Path(arg.split("=", 1)[1])
     return Path(environ.get(ENV_RUNS_DIR) or DEFAULT_RUNS_DIR)
+
+
+def has_record(run_dir: Path, name: str) -> bool:
+    """Whether the run has the record file ``name`` (even one that cannot be read: reading it
+    then says why)."""
+    return os.path.lexists(Path(run_dir) / name)
 
 
 def is_inside(path: Path, root: Path) -> bool:
@@ -99,10 +108,98 @@ def metrics_frame(rows: list[dict]) -> pd.DataFrame:
     return df.sort_values("step", kind="stable").reset_index(drop=True)
 
 
+# ------------------------------------------------------------------------- row checks
+# A row type is a table {field: parser}; a parser returns the field's value or raises
+# ValueError saying what is wrong. Other fields of a row are kept as they are.
+
+
+def number(value: Any) -> int | float:
+    """A JSON number (not a bool); NaN and ±inf are numbers."""
+    if value is None:
+        raise ValueError("is missing")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("is not a number")
+    return value
+
+
+def label(value: Any) -> str:
+    """A name: a JSON string or integer, as text."""
+    if value is None:
+        raise ValueError("is missing")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError("is not a string")
+    return str(value)
+
+
+def boolean(value: Any) -> bool:
+    """A verdict: JSON true/false (0/1 accepted); the string "false" is not one."""
+    if value is None:
+        raise ValueError("is missing")
+    ok = verdict(value)
+    if ok is None:
+        raise ValueError("is not true or false")
+    return ok
+
+
+def optional(parse, default: Any = math.nan):
+    """``parse``, or ``default`` when the field is absent or null."""
+    return lambda value: default if value is None else parse(value)
+
+
+METRIC_TYPES = {"step": number, "time": optional(number)}
+EVAL_TYPES = {"step": number, "benchmark": label, "level": label, "metric": label, "k": number,
+              "value": number, "stderr": optional(number), "n": optional(number)}
+SAMPLE_TYPES = {"step": number, "prompt_id": label, "correct": boolean,
+                "source": optional(label), "level": optional(label), "reward": optional(number)}
+PROBE_TYPES = {"probe": label, "estimator": label, "setting": optional(label, ""), "metric": label,
+               "value": number, "stderr": optional(number)}
+
+
+def checked(rows: Iterable[tuple[int, dict]], types: Mapping[str, Any], path: Path,
+            notes: records.Notes) -> list[dict]:
+    """Rows whose fields parse by ``types`` (parsed values in place); each other row is skipped
+    with a note naming the file, the line and the field (the first few per file, then a count)."""
+    out, bad = [], 0
+    for lineno, row in rows:
+        try:
+            parsed = {}
+            for name, parse in types.items():
+                try:
+                    parsed[name] = parse(row.get(name))
+                except ValueError as e:
+                    got = "" if row.get(name) is None else f" (got {row.get(name)!r})"
+                    raise ValueError(f"field {name!r} {e}{got}") from None
+        except ValueError as e:
+            bad += 1
+            if bad <= records.MAX_LINE_NOTES:
+                notes.add(f"{path}: line {lineno}: {e}; row skipped")
+            continue
+        out.append({**row, **parsed})
+    if bad > records.MAX_LINE_NOTES:
+        notes.add(f"{path}: {bad - records.MAX_LINE_NOTES} more malformed rows skipped")
+    return out
+
+
+def read_rows(path: Path, types: Mapping[str, Any], notes: records.Notes) -> list[dict]:
+    """The well-formed rows of one jsonl record file (see :func:`checked`)."""
+    rows, read_notes = records.read_numbered(path)
+    notes.items += read_notes.items
+    return checked(rows, types, path, notes)
+
+
 def _note_texts(notes: records.Notes, run_dir: Path, root: Path | None) -> list[str]:
     """Notes with paths shown relative to the runs directory."""
     base = str(root if root is not None else Path(run_dir).parent)
     return [n.replace(base + os.sep, "") for n in notes.items]
+
+
+def read_object(path: Path, notes: records.Notes) -> dict:
+    """A JSON object file, or {} with a note when it cannot be read."""
+    try:
+        return records.read_json(path)
+    except records.RecordError as e:
+        notes.add(f"{e}; ignored")
+        return {}
 
 
 def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) -> RunRecords:
@@ -110,13 +207,11 @@ def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) ->
     Without eval, eval/scores.jsonl is still read when the metrics lack ``eval/accuracy``
     (the run table needs a final accuracy)."""
     run_dir = Path(run_dir)
-    rec = RunRecords(run_id=run_dir.name, path=run_dir, status=records.read_status(run_dir))
-    try:
-        rec.config = records.read_config(run_dir)
-    except records.RecordError as e:
-        rec.notes.append(f"{run_dir.name}: config.json is not valid JSON; ignored ({e})")
-    metric_rows, notes = records.read_metrics(run_dir)
-    rec.metrics = metrics_frame(metric_rows)
+    notes = records.Notes()
+    rec = RunRecords(run_id=run_dir.name, path=run_dir)
+    rec.config = read_object(run_dir / records.CONFIG, notes)
+    rec.status = read_object(run_dir / records.STATUS, notes)
+    rec.metrics = metrics_frame(read_rows(run_dir / records.METRICS, METRIC_TYPES, notes))
     rec.notes += _note_texts(notes, run_dir, root)
     if with_eval or records.EVAL_ACCURACY not in rec.metrics.columns:
         rec.eval, eval_notes = load_eval(run_dir, root)
@@ -126,19 +221,27 @@ def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) ->
 
 def load_eval(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """eval/scores.jsonl of one run as a frame (tidy rows, see records.EVAL_FIELDS)."""
-    rows, notes = records.read_eval(run_dir)
+    notes = records.Notes()
+    rows = read_rows(Path(run_dir) / records.EVAL_SCORES, EVAL_TYPES, notes)
     return frame(rows, EVAL_COLUMNS), _note_texts(notes, Path(run_dir), root)
 
 
 def load_samples(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """samples.jsonl of one run as a frame (with a ``level`` column, NaN when absent)."""
-    rows, notes = records.read_samples(run_dir)
+    notes = records.Notes()
+    rows = read_rows(Path(run_dir) / records.SAMPLES, SAMPLE_TYPES, notes)
     return frame(rows, SAMPLE_COLUMNS), _note_texts(notes, Path(run_dir), root)
 
 
 def load_probes(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """All probe rows of one run as a frame, with parsed setting columns and a ``run`` column."""
-    rows, notes = records.read_probes(run_dir)
+    notes = records.Notes()
+    rows = []
+    for path in records.probe_files(run_dir):
+        numbered, read_notes = records.read_numbered(path)
+        notes.items += read_notes.items
+        tagged = [(i, {"probe": path.stem, **r}) for i, r in numbered]
+        rows += checked(tagged, PROBE_TYPES, path, notes)
     df = frame(rows, PROBE_COLUMNS)
     df["run"] = Path(run_dir).name
     return with_setting_columns(df), _note_texts(notes, Path(run_dir), root)
@@ -340,7 +443,8 @@ def sweep(probes: pd.DataFrame, key: str, metrics: Sequence[str]) -> pd.DataFram
     rows["x"] = pd.to_numeric(rows[col], errors="coerce")
     rows = rows.dropna(subset=["x", "value"])
     rows["series"] = [_without_flag(e, key) for e in rows["estimator"]]
-    se = pd.to_numeric(rows["stderr"], errors="coerce").fillna(0.0)
+    se = (pd.to_numeric(rows["stderr"], errors="coerce").fillna(0.0) if "stderr" in rows
+          else 0.0)  # a probe that logged no stderr at all: no CI
     rows["lo"], rows["hi"] = rows["value"] - 1.96 * se, rows["value"] + 1.96 * se
     return rows.sort_values(["series", "metric", "x"]).reset_index(drop=True)
 
