@@ -180,11 +180,13 @@ def checked(rows: Iterable[tuple[int, dict]], types: Mapping[str, Any], path: Pa
     return out
 
 
-def read_rows(path: Path, types: Mapping[str, Any], notes: records.Notes) -> list[dict]:
-    """The well-formed rows of one jsonl record file (see :func:`checked`)."""
+def read_rows(path: Path, types: Mapping[str, Any], notes: records.Notes,
+              defaults: Mapping[str, Any] | None = None) -> list[dict]:
+    """The well-formed rows of one jsonl record file (see :func:`checked`), each completed with
+    ``defaults`` where it lacks a field."""
     rows, read_notes = records.read_numbered(path)
     notes.items += read_notes.items
-    return checked(rows, types, path, notes)
+    return checked(((i, {**(defaults or {}), **r}) for i, r in rows), types, path, notes)
 
 
 def _note_texts(notes: records.Notes, run_dir: Path, root: Path | None) -> list[str]:
@@ -236,12 +238,8 @@ def load_samples(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame,
 def load_probes(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """All probe rows of one run as a frame, with parsed setting columns and a ``run`` column."""
     notes = records.Notes()
-    rows = []
-    for path in records.probe_files(run_dir):
-        numbered, read_notes = records.read_numbered(path)
-        notes.items += read_notes.items
-        tagged = [(i, {"probe": path.stem, **r}) for i, r in numbered]
-        rows += checked(tagged, PROBE_TYPES, path, notes)
+    rows = [r for path in records.probe_files(run_dir)
+            for r in read_rows(path, PROBE_TYPES, notes, {"probe": path.stem})]
     df = frame(rows, PROBE_COLUMNS)
     df["run"] = Path(run_dir).name
     return with_setting_columns(df), _note_texts(notes, Path(run_dir), root)

@@ -126,10 +126,12 @@ class Between:
         return None if ok else f"must be {self}"
 
     def __str__(self) -> str:
-        lo = None if self.lo is None else f"{'>' if self.lo_open else '≥'} {self.lo:g}"
+        show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+        if self.lo is None and self.hi is None:
+            return "a finite number"
         if self.hi is None:
-            return lo + (" (inf allowed)" if self.inf else "")
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+            return f"{'>' if self.lo_open else '≥'} {show(self.lo)}" + (" (or inf)" if self.inf else "")
+        return f"in {'(' if self.lo_open else '['}{show(self.lo)}, {show(self.hi)}]"
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,6 @@ class ModelSource:
         return None
 
 
-ANY = Matches(r"(?s).*", "text")
 FLAG = OneOf((False, True))
 AT_LEAST_0, AT_LEAST_1, POSITIVE = Between(0), Between(1), Between(0, lo_open=True)
 FRACTION, PROBABILITY = Between(0, 1), Between(0, 1, lo_open=True)
