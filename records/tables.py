@@ -159,22 +159,18 @@ def checked(rows: Iterable[tuple[int, dict]], types: Mapping[str, Any], path: Pa
             notes: records.Notes) -> list[dict]:
     """Rows whose fields parse by ``types`` (parsed values in place); each other row is skipped
     with a note naming the file, the line and the field (the first few per file, then a count)."""
-    out, bad = [], 0
+    out, bad, parsers = [], 0, list(types.items())
     for lineno, row in rows:
         try:
-            parsed = {}
-            for name, parse in types.items():
-                try:
-                    parsed[name] = parse(row.get(name))
-                except ValueError as e:
-                    got = "" if row.get(name) is None else f" (got {row.get(name)!r})"
-                    raise ValueError(f"field {name!r} {e}{got}") from None
+            for name, parse in parsers:
+                row[name] = parse(row.get(name))
         except ValueError as e:
             bad += 1
             if bad <= records.MAX_LINE_NOTES:
-                notes.add(f"{path}: line {lineno}: {e}; row skipped")
+                got = "" if row.get(name) is None else f" (got {row.get(name)!r})"
+                notes.add(f"{path}: line {lineno}: field {name!r} {e}{got}; row skipped")
             continue
-        out.append({**row, **parsed})
+        out.append(row)
     if bad > records.MAX_LINE_NOTES:
         notes.add(f"{path}: {bad - records.MAX_LINE_NOTES} more malformed rows skipped")
     return out
