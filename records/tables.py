@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
+from pandas.api import types as ptypes
 
 import records
 from records.passk import verdict
@@ -98,9 +99,10 @@ def frame(rows: list[dict], columns: Iterable[str] = ()) -> pd.DataFrame:
     return df
 
 
-def metrics_frame(rows: list[dict]) -> pd.DataFrame:
-    """Metric rows -> one row per step (the last row of a step wins, as after a resume)."""
-    df = frame(rows, ("step", "time"))
+def metrics_frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """Metric rows (or their frame) -> one row per step (the last row of a step wins, as after
+    a resume)."""
+    df = rows if isinstance(rows, pd.DataFrame) else frame(rows, ("step", "time"))
     if df.empty:
         return df
     df["step"] = pd.to_numeric(df["step"], errors="coerce")
@@ -109,41 +111,61 @@ def metrics_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------- row checks
-# A row type is a table {field: parser}; a parser returns the field's value or raises
-# ValueError saying what is wrong. Other fields of a row are kept as they are.
+# A row type is a table {field: Kind}. A kind parses one value (returns it, or raises
+# ValueError saying what is wrong) and knows the pandas dtypes of a column that needs no
+# checking value by value. Other fields of a row are kept as they are.
 
 
-def number(value: Any) -> int | float:
-    """A JSON number (not a bool); NaN and ±inf are numbers."""
-    if value is None:
-        raise ValueError("is missing")
+def _number(value: Any) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("is not a number")
     return value
 
 
-def label(value: Any) -> str:
-    """A name: a JSON string or integer, as text."""
-    if value is None:
-        raise ValueError("is missing")
+def _label(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError("is not a string")
     return str(value)
 
 
-def boolean(value: Any) -> bool:
-    """A verdict: JSON true/false (0/1 accepted); the string "false" is not one."""
-    if value is None:
-        raise ValueError("is missing")
+def _boolean(value: Any) -> bool:
     ok = verdict(value)
     if ok is None:
         raise ValueError("is not true or false")
     return ok
 
 
-def optional(parse, default: Any = math.nan):
-    """``parse``, or ``default`` when the field is absent or null."""
-    return lambda value: default if value is None else parse(value)
+@dataclass(frozen=True)
+class Kind:
+    """What one field holds: ``parse`` for one value, ``column_ok`` for a whole column."""
+
+    parse: Callable[[Any], Any]
+    column_ok: Callable[[pd.Series], bool]
+    required: bool = True
+    default: Any = math.nan
+
+    def __call__(self, value: Any) -> Any:
+        if value is None:
+            if self.required:
+                raise ValueError("is missing")
+            return self.default
+        return self.parse(value)
+
+    def fits(self, column: pd.Series) -> bool:
+        """The whole column is of this kind already (all missing: only if optional)."""
+        missing = column.isna()
+        return not self.required and bool(missing.all()) or (
+            self.column_ok(column) and (not self.required or not missing.any()))
+
+
+number = Kind(_number, lambda c: ptypes.is_numeric_dtype(c) and not ptypes.is_bool_dtype(c))
+label = Kind(_label, ptypes.is_string_dtype)     # JSON strings (or integers, as text)
+boolean = Kind(_boolean, ptypes.is_bool_dtype)   # true/false: the string "false" is not one
+
+
+def optional(kind: Kind, default: Any = math.nan) -> Kind:
+    """``kind``, or ``default`` when the field is absent or null."""
+    return replace(kind, required=False, default=default)
 
 
 METRIC_TYPES = {"step": number, "time": optional(number)}
@@ -155,15 +177,15 @@ PROBE_TYPES = {"probe": label, "estimator": label, "setting": optional(label, ""
                "value": number, "stderr": optional(number)}
 
 
-def checked(rows: Iterable[tuple[int, dict]], types: Mapping[str, Any], path: Path,
+def checked(rows: Iterable[tuple[int, dict]], types: Mapping[str, Kind], path: Path,
             notes: records.Notes) -> list[dict]:
     """Rows whose fields parse by ``types`` (parsed values in place); each other row is skipped
     with a note naming the file, the line and the field (the first few per file, then a count)."""
-    out, bad, parsers = [], 0, list(types.items())
+    out, bad, kinds = [], 0, list(types.items())
     for lineno, row in rows:
         try:
-            for name, parse in parsers:
-                row[name] = parse(row.get(name))
+            for name, kind in kinds:
+                row[name] = kind(row.get(name))
         except ValueError as e:
             bad += 1
             if bad <= records.MAX_LINE_NOTES:
@@ -176,13 +198,22 @@ def checked(rows: Iterable[tuple[int, dict]], types: Mapping[str, Any], path: Pa
     return out
 
 
-def read_rows(path: Path, types: Mapping[str, Any], notes: records.Notes,
-              defaults: Mapping[str, Any] | None = None) -> list[dict]:
-    """The well-formed rows of one jsonl record file (see :func:`checked`), each completed with
-    ``defaults`` where it lacks a field."""
-    rows, read_notes = records.read_numbered(path)
+def read_frame(path: Path, types: Mapping[str, Kind], notes: records.Notes,
+               columns: Iterable[str] = (), defaults: Mapping[str, Any] | None = None
+               ) -> pd.DataFrame:
+    """The well-formed rows of one jsonl record file as a frame (at least ``columns``), each row
+    completed with ``defaults`` where it lacks a field. When every typed column already has its
+    kind (a file as :class:`records.RunWriter` writes it) the frame is taken as built; otherwise
+    the rows are checked one by one (:func:`checked`)."""
+    numbered, read_notes = records.read_numbered(path)
     notes.items += read_notes.items
-    return checked(((i, {**(defaults or {}), **r}) for i, r in rows), types, path, notes)
+    if defaults:
+        numbered = [(i, {**defaults, **r}) for i, r in numbered]
+    columns = (*columns, *(c for c in types if c not in columns))
+    df = frame([r for _, r in numbered], columns)
+    if df.empty or all(kind.fits(df[name]) for name, kind in types.items()):
+        return df
+    return frame(checked(numbered, types, path, notes), columns)
 
 
 def _note_texts(notes: records.Notes, run_dir: Path, root: Path | None) -> list[str]:
@@ -209,7 +240,7 @@ def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) ->
     rec = RunRecords(run_id=run_dir.name, path=run_dir)
     rec.config = read_object(run_dir / records.CONFIG, notes)
     rec.status = read_object(run_dir / records.STATUS, notes)
-    rec.metrics = metrics_frame(read_rows(run_dir / records.METRICS, METRIC_TYPES, notes))
+    rec.metrics = metrics_frame(read_frame(run_dir / records.METRICS, METRIC_TYPES, notes))
     rec.notes += _note_texts(notes, run_dir, root)
     if with_eval or records.EVAL_ACCURACY not in rec.metrics.columns:
         rec.eval, eval_notes = load_eval(run_dir, root)
@@ -220,23 +251,23 @@ def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) ->
 def load_eval(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """eval/scores.jsonl of one run as a frame (tidy rows, see records.EVAL_FIELDS)."""
     notes = records.Notes()
-    rows = read_rows(Path(run_dir) / records.EVAL_SCORES, EVAL_TYPES, notes)
-    return frame(rows, EVAL_COLUMNS), _note_texts(notes, Path(run_dir), root)
+    df = read_frame(Path(run_dir) / records.EVAL_SCORES, EVAL_TYPES, notes, EVAL_COLUMNS)
+    return df, _note_texts(notes, Path(run_dir), root)
 
 
 def load_samples(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """samples.jsonl of one run as a frame (with a ``level`` column, NaN when absent)."""
     notes = records.Notes()
-    rows = read_rows(Path(run_dir) / records.SAMPLES, SAMPLE_TYPES, notes)
-    return frame(rows, SAMPLE_COLUMNS), _note_texts(notes, Path(run_dir), root)
+    df = read_frame(Path(run_dir) / records.SAMPLES, SAMPLE_TYPES, notes, SAMPLE_COLUMNS)
+    return df, _note_texts(notes, Path(run_dir), root)
 
 
 def load_probes(run_dir: Path, root: Path | None = None) -> tuple[pd.DataFrame, list[str]]:
     """All probe rows of one run as a frame, with parsed setting columns and a ``run`` column."""
     notes = records.Notes()
-    rows = [r for path in records.probe_files(run_dir)
-            for r in read_rows(path, PROBE_TYPES, notes, {"probe": path.stem})]
-    df = frame(rows, PROBE_COLUMNS)
+    parts = [read_frame(path, PROBE_TYPES, notes, PROBE_COLUMNS, {"probe": path.stem})
+             for path in records.probe_files(run_dir)]
+    df = pd.concat(parts, ignore_index=True) if parts else frame([], PROBE_COLUMNS)
     df["run"] = Path(run_dir).name
     return with_setting_columns(df), _note_texts(notes, Path(run_dir), root)
 
