@@ -122,6 +122,14 @@ def _number(value: Any) -> int | float:
     return value
 
 
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("is not a number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError("is not an integer")
+    return int(value)
+
+
 def _label(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError("is not a string")
@@ -159,6 +167,7 @@ class Kind:
 
 
 number = Kind(_number, lambda c: ptypes.is_numeric_dtype(c) and not ptypes.is_bool_dtype(c))
+integer = Kind(_integer, ptypes.is_integer_dtype)  # a step, a k: never NaN or inf
 label = Kind(_label, ptypes.is_string_dtype)     # JSON strings (or integers, as text)
 boolean = Kind(_boolean, ptypes.is_bool_dtype)   # true/false: the string "false" is not one
 
@@ -168,10 +177,10 @@ def optional(kind: Kind, default: Any = math.nan) -> Kind:
     return replace(kind, required=False, default=default)
 
 
-METRIC_TYPES = {"step": number, "time": optional(number)}
-EVAL_TYPES = {"step": number, "benchmark": label, "level": label, "metric": label, "k": number,
+METRIC_TYPES = {"step": integer, "time": optional(number)}
+EVAL_TYPES = {"step": integer, "benchmark": label, "level": label, "metric": label, "k": integer,
               "value": number, "stderr": optional(number), "n": optional(number)}
-SAMPLE_TYPES = {"step": number, "prompt_id": label, "correct": boolean,
+SAMPLE_TYPES = {"step": integer, "prompt_id": label, "correct": boolean,
                 "source": optional(label), "level": optional(label), "reward": optional(number)}
 PROBE_TYPES = {"probe": label, "estimator": label, "setting": optional(label, ""), "metric": label,
                "value": number, "stderr": optional(number)}

@@ -295,7 +295,7 @@ def write_bad_runs(root: Path) -> dict[str, str]:
     (run / records.CONFIG).unlink()
     (run / records.CONFIG).mkdir()
     run = write_run(root, RunSpec("binary-metrics", "grpo", steps=4, eval_every=2))
-    (run / records.METRICS).write_bytes(bytes(range(256)) * 16)
+    (run / records.METRICS).write_bytes(bytes(range(256)) * 16 + b'\n{"step": Infinity}\n')
     (run / records.STATUS).write_bytes(b"\xff\xfe\x00\x81 not text")
     run = write_run(root, RunSpec("malformed-eval", "hpt", steps=4, eval_every=2))
     w = records.RunWriter(run)

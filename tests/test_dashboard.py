@@ -268,6 +268,7 @@ def test_every_page_renders_around_bad_runs(tmp_path, monkeypatch):
     for run in ("config-is-a-dir", "binary-metrics"):
         assert f"{run}/{fx.BAD_RUNS[run]}" in notes["Runs"]
     assert "binary-metrics/status.json: not text" in notes["Runs"]
+    assert "field 'step' is not an integer (got inf)" in notes["Runs"]
     assert "dangling-link/samples.jsonl: cannot be read (a symlink to" in notes["Prompts dangling-link"]
     last = {name: len((tmp_path / "malformed-eval" / name).read_text().splitlines())
             for name in (records.SAMPLES, records.EVAL_SCORES)}   # the bad rows come last

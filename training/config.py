@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
