@@ -64,7 +64,11 @@ def discover_runs(root: Path) -> tuple[list[Path], list[str]]:
     """Run directories under ``root`` that really lie inside it, and notes on the ones skipped
     (a symlink pointing elsewhere is never followed)."""
     runs, notes = [], []
-    for path in records.list_runs(root):
+    try:
+        found = records.list_runs(root)
+    except OSError as e:
+        return [], [f"{root}: cannot be listed ({e.strerror or type(e).__name__}); no runs read"]
+    for path in found:
         if is_inside(path, root):
             runs.append(path)
         else:
