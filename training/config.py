@@ -378,8 +378,8 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     parser = build_parser()
     cfg = RunConfig(**vars(parser.parse_args(argv)))
     try:
-        check(cfg)  # the command line as given (a --resume directory must exist)
-        if cfg.resume:
+        if cfg.resume:  # the command line as given (the directory must exist), then the saved config
+            check(cfg)
             return resume_config(cfg, saved_config(cfg.resume), explicit_fields(argv))[0]
         if cfg.profile:
             from .profiles import apply_profile
@@ -391,7 +391,7 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
                 params = {f.name for f in fields(gate)} if gate else set()
                 cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
                                       if flag not in explicit and param not in params})
-            check(cfg)
+        check(cfg)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
     return cfg
