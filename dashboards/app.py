@@ -36,6 +36,7 @@ def page_index(requested: str | None) -> int:
 
 def show_notes(notes: list[str], where=st) -> None:
     """Skipped (truncated or corrupt) records, as a warning box at ``where``."""
+    notes = list(dict.fromkeys(notes))  # a record read by two parts of a page: one note
     if not notes:
         return
     shown = "\n".join(f"- {n}" for n in notes[:MAX_NOTES_SHOWN])

@@ -12,13 +12,20 @@ class BatchError(ValueError):
     """A `Batch` field has the wrong shape, dtype or value; the message names the field."""
 
 
+def _reject(name: str, v: Tensor, bad: Tensor, what: str) -> None:
+    """Raise naming the field and the first index where ``bad`` holds."""
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise BatchError(f"Batch.{name} {what} at index {idx} (value {v[idx].item()})")
+
+
 @dataclass(frozen=True)
 class Batch:
     """Per-token tensors are ``[B, T]`` (B rows = sequences, T = response tokens); per-row ``[B]``.
 
     logp:          log π_θ of each response token; requires grad.
     mask:          1.0 on response tokens, 0.0 on padding.
-    reward:        scalar reward per row.
+    reward:        scalar reward per row (bool rewards are taken as 0/1 in logp's dtype).
     group:         int group id per row; rows sharing a prompt share an id.
     is_demo:       True for an offline demonstration row (not an on-policy rollout).
     logp_old:      log π_θold at sampling time; defaults to ``logp.detach()`` (on-policy).
@@ -42,6 +49,9 @@ class Batch:
 
     def __post_init__(self) -> None:
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731
+        if isinstance(self.reward, Tensor) and self.reward.dtype == torch.bool:
+            dtype = self.logp.dtype if isinstance(self.logp, Tensor) else torch.get_default_dtype()
+            set_("reward", self.reward.to(dtype))
         if self.is_demo is None:
             set_("is_demo", torch.zeros(self.reward.shape, dtype=torch.bool, device=self.reward.device))
         if self.logp_old is None and isinstance(self.logp, Tensor):
@@ -82,15 +92,14 @@ class Batch:
         m = self.mask
         if not torch.all((m == 0) | (m == 1)):
             raise BatchError("Batch.mask must contain only 0 and 1")
+        on = m.bool()  # only response tokens are checked: padding may hold anything (even -inf)
         for name in ("logp", "reward", "logp_old", "logp_behavior", "logp_ref", "values", "entropy"):
             v = getattr(self, name)
-            if v is None:
-                continue
-            vals = v.detach() * (m if v.dim() == 2 else 1)
-            bad = ~torch.isfinite(vals)
-            if bad.any():
-                idx = tuple(int(i) for i in bad.nonzero()[0])
-                raise BatchError(f"Batch.{name} is not finite at index {idx} (value {v.detach()[idx].item()})")
+            if v is not None:
+                seen = on if v.dim() == 2 else torch.ones(v.shape, dtype=torch.bool, device=v.device)
+                _reject(name, v.detach(), ~torch.isfinite(v.detach()) & seen, "is not finite")
+        _reject("logp", self.logp.detach(), (self.logp.detach() > 0) & on,
+                "is > 0 (a log-probability is at most 0)")
 
     def select(self, idx: Tensor) -> "Batch":
         """Rows ``idx`` of this batch (a micro-batch or a data-parallel shard)."""

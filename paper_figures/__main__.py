@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
+
 from paper_figures import SCRIPTS
 from paper_figures.common import (MINUTES_PER_RUN, FigureResult, Requirement, RunIndex, report,
                                   unique_requirements)
@@ -28,15 +30,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-missing", action="store_true",
                         help=f"run the missing experiments first (~{MINUTES_PER_RUN} min each "
                              "on CPU with the embedded default)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.run_missing and not args.runs.is_dir():
+        parser.error(f"--runs {args.runs}: no such directory (--run-missing creates its runs)")
+    return args
 
 
 def make_all(runs: Path, out: Path, names: Sequence[str]) -> list[FigureResult]:
-    """Draw the chosen figures from the records under ``runs``."""
+    """Draw the chosen figures from the records under ``runs``, then print a note on every
+    record that was skipped (which run, which file, why)."""
     index = RunIndex(runs)
-    for note in index.notes:
+    results = [draw(name, index, out) for name in names]
+    for note in dict.fromkeys(index.notes):
         print(f"note: {note}")
-    return [SCRIPTS[name](index, out) for name in names]
+    return results
+
+
+def draw(name: str, index: RunIndex, out: Path) -> FigureResult:
+    """One figure; should it fail on records the readers let through, it is reported as not
+    drawn and the other figures are still made."""
+    try:
+        return SCRIPTS[name](index, out)
+    except Exception as e:  # noqa: BLE001 - one figure's failure must not cost the others
+        return FigureResult(name, pd.DataFrame(), error=f"{type(e).__name__}: {e}")
 
 
 def missing_runs(results: Sequence[FigureResult]) -> list[Requirement]:

@@ -73,6 +73,7 @@ class FigureResult:
     data: pd.DataFrame
     files: list[Path] = field(default_factory=list)
     missing: list[Requirement] = field(default_factory=list)
+    error: str = ""
 
 
 class RunIndex:
@@ -224,7 +225,9 @@ def line_figure(name: str, title: str, index: RunIndex, out: Path,
 
 def report(result: FigureResult) -> str:
     """What a figure script prints: files written, and commands for runs it lacked."""
-    lines = [f"{result.name}: " + (", ".join(str(p) for p in result.files) or "not drawn")]
+    drawn = ", ".join(str(p) for p in result.files)
+    lines = [f"{result.name}: " + (drawn or "not drawn") + (f" ({result.error})" if result.error
+                                                              else "")]
     for req in result.missing:
         lines.append(f"  missing run -> {req.command}")
     return "\n".join(lines)
@@ -236,15 +239,21 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
                         help="runs directory (default: ./runs)")
     parser.add_argument("--out", type=Path, default=Path("figures"),
                         help="output directory (default: ./figures)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        parser.error(f"--runs {args.runs}: no such directory")
+    return args
 
 
 def script_main(make: Callable[[RunIndex, Path], FigureResult], description: str,
                 argv: Sequence[str] | None = None) -> FigureResult:
     """``python -m paper_figures.<script> --runs runs/ --out figures/``."""
     args = parse_args(argv, description)
-    result = make(RunIndex(args.runs), args.out)
+    index = RunIndex(args.runs)
+    result = make(index, args.out)
     print(report(result))
+    for note in dict.fromkeys(index.notes):
+        print(f"note: {note}")
     return result
 
 

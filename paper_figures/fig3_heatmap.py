@@ -16,11 +16,16 @@ MAX_COLUMNS = 50  # the paper's 50 epochs
 
 
 def accuracy_cells(index: RunIndex, req: Requirement):
-    """Binned per-prompt rollout accuracy of the first run matching ``req`` (or None)."""
+    """Binned per-prompt rollout accuracy of the first run matching ``req`` that has readable
+    samples (empty when none has; None when no run matches)."""
     recs = index.find(req)
     if not recs:
         return None
-    return tables.bin_steps(tables.rollout_accuracy(index.samples(recs[0])), MAX_COLUMNS)
+    for rec in recs:
+        cells = tables.rollout_accuracy(index.samples(rec))
+        if not cells.empty:
+            break
+    return tables.bin_steps(cells, MAX_COLUMNS)
 
 
 def make(index: RunIndex, out: Path) -> FigureResult:

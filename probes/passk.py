@@ -30,24 +30,35 @@ from .common import default_out
 
 def load(path: str, step: int | None = None, benchmark: str | None = None) -> Counts:
     """Counts from a run dir (rollout samples at ``step`` — default the last — or eval
-    generations of ``benchmark``) or from a jsonl file of (problem, correct) rows."""
+    generations of ``benchmark``) or from a jsonl file of (problem, correct) rows. A malformed
+    row raises `PassKError` naming the file, the row (its record number) and the field."""
     p = Path(path)
     if p.is_dir():
-        if benchmark:
-            rows, _ = records.read_generations(p, benchmark)
-        else:
-            rows, _ = records.read_samples(p)
-            rows = [r for r in rows if r.get("source", "rollout") == "rollout"]
+        source = p / (records.EVAL_DIR + f"/{benchmark}.jsonl" if benchmark else records.SAMPLES)
+        rows = list(enumerate((records.read_generations(p, benchmark) if benchmark
+                               else records.read_samples(p))[0], 1))
+        if not benchmark:
+            rows = [(i, r) for i, r in rows if r.get("source", "rollout") == "rollout"]
+            steps = {i: _step(r, source, i) for i, r in rows}
             if rows:
-                s = max(int(r.get("step", 0)) for r in rows) if step is None else step
-                rows = [r for r in rows if int(r.get("step", 0)) == s]
+                s = max(steps.values()) if step is None else step
+                rows = [(i, r) for i, r in rows if steps[i] == s]
     elif p.is_file():
-        rows, _ = records.read_jsonl(p)
+        source = p
+        rows = list(enumerate(records.read_jsonl(p)[0], 1))
     else:
         raise PassKError(f"{path}: no such run directory or jsonl file")
     if not rows:
         raise PassKError(f"{path}: no samples found" + (f" at step {step}" if step is not None else ""))
-    return counts_from_rows(rows)
+    return counts_from_rows([r for _, r in rows], str(source), [i for i, _ in rows])
+
+
+def _step(row: dict, source: Path, number: int) -> int:
+    """A sample row's training step (0 when absent); anything but an integer raises."""
+    value = row.get("step", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PassKError(f"{source}: row {number}: field 'step' must be an integer, got {value!r}")
+    return value
 
 
 def tidy_rows(res: dict) -> list:

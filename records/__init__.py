@@ -291,27 +291,54 @@ class Notes:
         return bool(self.items)
 
 
+MAX_LINE_NOTES = 3  # per file: more bad lines are summed up in one note
+
+
+def iter_lines(path: Path, notes: Notes | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, JSON object) of a jsonl file, skipping (and noting) malformed lines.
+    A file that cannot be read at all (a directory, a dangling symlink, no permission) is one
+    note; a missing file is no note (the record is optional)."""
+    path = Path(path)
+    note = notes.add if notes is not None else (lambda msg: None)
+    if not path.exists() and not path.is_symlink():
+        return
+    bad = 0
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                    why = None if isinstance(obj, dict) else "is not a JSON object"
+                except json.JSONDecodeError:
+                    why = "is truncated or corrupt"
+                if why is None:
+                    yield lineno, obj
+                    continue
+                bad += 1
+                if bad <= MAX_LINE_NOTES:
+                    note(f"{path}: line {lineno} {why}; skipped")
+    except OSError as e:
+        note(f"{path}: cannot be read ({unreadable(path, e)}); skipped")
+    if bad > MAX_LINE_NOTES:
+        note(f"{path}: {bad - MAX_LINE_NOTES} more unreadable lines skipped")
+
+
+def unreadable(path: Path, error: OSError) -> str:
+    """Why ``path`` could not be read, in words."""
+    if path.is_symlink() and not path.exists():
+        return f"a symlink to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return "a directory, not a file"
+    return error.strerror or type(error).__name__
+
+
 def iter_jsonl(path: Path, notes: Notes | None = None) -> Iterator[dict]:
     """Yield the JSON objects of a jsonl file, skipping (and noting) malformed lines."""
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                if notes is not None:
-                    notes.add(f"{path}: line {lineno} is truncated or corrupt; skipped")
-                continue
-            if not isinstance(obj, dict):
-                if notes is not None:
-                    notes.add(f"{path}: line {lineno} is not a JSON object; skipped")
-                continue
-            yield obj
+    for _, obj in iter_lines(path, notes):
+        yield obj
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], Notes]:
@@ -319,9 +346,15 @@ def read_jsonl(path: Path) -> tuple[list[dict], Notes]:
     return list(iter_jsonl(path, notes)), notes
 
 
+def read_numbered(path: Path) -> tuple[list[tuple[int, dict]], Notes]:
+    """Like :func:`read_jsonl`, each row with its line number (for notes that name it)."""
+    notes = Notes()
+    return list(iter_lines(path, notes)), notes
+
+
 def is_run_dir(path: Path) -> bool:
     path = Path(path)
-    return path.is_dir() and ((path / CONFIG).exists() or (path / METRICS).exists()
+    return path.is_dir() and (any(os.path.lexists(path / name) for name in (CONFIG, METRICS))
                               or (path / PROBES_DIR).is_dir())
 
 
@@ -333,21 +366,34 @@ def list_runs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if is_run_dir(p))
 
 
-def read_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / CONFIG
-    if not path.exists():
+def read_json(path: Path) -> dict:
+    """A JSON object file; anything else (a missing file aside: {}) raises `RecordError`
+    naming the file and why."""
+    path = Path(path)
+    if not os.path.lexists(path):
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise RecordError(f"{path}: cannot be read ({unreadable(path, e)})") from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not text (binary data)") from None
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}: not a JSON object (a {type(obj).__name__})")
+    return obj
+
+
+def read_config(run_dir: Path) -> dict:
+    return read_json(Path(run_dir) / CONFIG)
 
 
 def read_status(run_dir: Path) -> dict:
-    path = Path(run_dir) / STATUS
+    """status.json, or {} when it is missing or unreadable (``read_json`` says why)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return read_json(Path(run_dir) / STATUS)
+    except RecordError:
         return {}
 
 
@@ -419,16 +465,19 @@ def read_generations(run_dir: Path, benchmark: str) -> tuple[list[dict], Notes]:
     return read_jsonl(Path(run_dir) / EVAL_DIR / f"{benchmark}.jsonl")
 
 
+def probe_files(run_dir: Path, probe: str | None = None) -> list[Path]:
+    """The probe record files of one run dir (all probes, or one)."""
+    pdir = Path(run_dir) / PROBES_DIR
+    if not pdir.is_dir():
+        return []
+    return [p for p in sorted(pdir.glob("*.jsonl")) if probe is None or p.stem == probe]
+
+
 def read_probes(run_dir: Path, probe: str | None = None) -> tuple[list[dict], Notes]:
     """Tidy probe rows of one run dir (all probes, or one), each tagged with its ``probe``."""
     notes = Notes()
     rows: list[dict] = []
-    pdir = Path(run_dir) / PROBES_DIR
-    if not pdir.is_dir():
-        return rows, notes
-    for path in sorted(pdir.glob("*.jsonl")):
-        if probe is not None and path.stem != probe:
-            continue
+    for path in probe_files(run_dir, probe):
         for r in iter_jsonl(path, notes):
             r.setdefault("probe", path.stem)
             rows.append(r)
@@ -448,12 +497,17 @@ def git_commit(path: Path | str | None = None) -> str:
 
 
 def files_signature(run_dir: Path) -> tuple:
-    """(name, size, mtime) of every record file: a cache key that changes when a file does."""
+    """(name, size, mtime) of every record file: a cache key that changes when a file does.
+    An entry that cannot be stat'ed (a dangling symlink) counts with size and mtime -1."""
     run_dir = Path(run_dir)
     sig = []
     for path in sorted(run_dir.rglob("*.json*")):
         if CHECKPOINTS in path.parts:
             continue
-        st = path.stat()
-        sig.append((str(path.relative_to(run_dir)), st.st_size, st.st_mtime_ns))
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime = -1
+        sig.append((str(path.relative_to(run_dir)), size, mtime))
     return tuple(sig)

@@ -94,17 +94,36 @@ class Counts:
         return take(self, a), take(other, b)
 
 
-def counts_from_rows(rows: list) -> Counts:
-    """Group (problem | prompt_id, correct) rows into per-problem (n, c)."""
+def verdict(value) -> bool | None:
+    """A sample's ``correct`` as a bool: JSON true/false (or numpy's bool, or the numbers 0 and 1
+    a table may hold); None for anything else — a string "false" is not a verdict."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, float, np.integer, np.floating)) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def counts_from_rows(rows: list, source: str = "rows", numbers: Sequence[int] | None = None
+                     ) -> Counts:
+    """Group (problem | prompt_id, correct) rows into per-problem (n, c). A row without a problem
+    id or with a ``correct`` that is not true/false raises, naming ``source``, the row (its
+    number in ``numbers``, else its 1-based position) and the field."""
     n, c = defaultdict(int), defaultdict(int)
-    for r in rows:
+    for i, r in zip(numbers or range(1, len(rows) + 1), rows):
         pid = r.get("problem", r.get("prompt_id"))
-        if pid is None or "correct" not in r:
-            raise PassKError(f"row without problem/prompt_id or correct: {r}")
+        if pid is None:
+            raise PassKError(f"{source}: row {i}: no 'problem' (or 'prompt_id') field")
+        if "correct" not in r:
+            raise PassKError(f"{source}: row {i}: no 'correct' field")
+        ok = verdict(r["correct"])
+        if ok is None:
+            raise PassKError(f"{source}: row {i}: field 'correct' must be true or false, "
+                             f"got {r['correct']!r} ({type(r['correct']).__name__})")
         n[pid] += 1
-        c[pid] += int(bool(r["correct"]))
+        c[pid] += int(ok)
     if not n:
-        raise PassKError("no samples")
+        raise PassKError(f"{source}: no samples")
     ids = sorted(n, key=str)
     return Counts(ids, np.array([n[i] for i in ids]), np.array([c[i] for i in ids]))
 
@@ -209,7 +228,8 @@ def curves_from_samples(run: str, samples: "pd.DataFrame") -> "pd.DataFrame":
         at = samples[(samples["step"] == step) & (samples["source"].fillna("rollout") != "demo")]
         if at.empty:
             continue
-        counts = counts_from_rows(at[["prompt_id", "correct"]].to_dict("records"))
+        counts = counts_from_rows(at[["prompt_id", "correct"]].to_dict("records"),
+                                  f"{run}: samples at step {step}")
         ks = ks_powers_of_two(int(counts.n.min()))
         m = analyse([counts], [run], ks, B=CURVE_BOOTSTRAP)["models"][run]
         rows += [{"run": run, "benchmark": "train rollouts", "level": "all", "checkpoint": name,

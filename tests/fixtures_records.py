@@ -270,3 +270,40 @@ def corrupt_metrics(run_dir: Path) -> None:
 def scaled(spec: RunSpec, **changes) -> RunSpec:
     """A copy of a spec with some fields changed (e.g. steps for the benchmark)."""
     return replace(spec, **changes)
+
+
+BAD_PROBE = "no-stderr"
+BAD_RUNS = {  # run id -> what a reader must name when it skips it
+    "dangling-link": "a symlink to",
+    "config-is-a-dir": "config.json: cannot be read (a directory, not a file)",
+    "binary-metrics": "metrics.jsonl: line 1 is truncated or corrupt",
+    "malformed-eval": "eval/scores.jsonl: line",
+}
+
+
+def write_bad_runs(root: Path) -> dict[str, str]:
+    """Runs a user can end up with after a crash, a copy gone wrong or a hand edit, beside good
+    ones: a dangling symlink (samples.jsonl and a stray json file), a directory named
+    config.json, binary metrics and status files, malformed eval/sample rows and a probe row
+    without ``stderr``. Returns :data:`BAD_RUNS`."""
+    root = Path(root)
+    run = write_run(root, RunSpec("dangling-link", "hpt", steps=4, eval_every=2))
+    (run / records.SAMPLES).unlink()
+    (run / records.SAMPLES).symlink_to(run / "moved-away.jsonl")
+    (run / "notes.json").symlink_to(root / "no-such-dir" / "notes.json")
+    run = write_run(root, RunSpec("config-is-a-dir", "grpo", steps=4, eval_every=2))
+    (run / records.CONFIG).unlink()
+    (run / records.CONFIG).mkdir()
+    run = write_run(root, RunSpec("binary-metrics", "grpo", steps=4, eval_every=2))
+    (run / records.METRICS).write_bytes(bytes(range(256)) * 16 + b'\n{"step": Infinity}\n')
+    (run / records.STATUS).write_bytes(b"\xff\xfe\x00\x81 not text")
+    run = write_run(root, RunSpec("malformed-eval", "hpt", steps=4, eval_every=2))
+    w = records.RunWriter(run)
+    w.log_eval([{"step": "last", "benchmark": BENCHMARK, "level": "all", "metric": "pass@k",
+                 "k": "four", "value": "high"}, {"metric": "avg@k"}])
+    w.log_samples([{"step": 1, "prompt_id": "level1-p0", "source": "rollout",
+                    "correct": "false", "level": "level1"}])
+    w.log_probe(BAD_PROBE, [dict(estimator="grpo", setting=f"G={g}", metric="cos", value=0.9)
+                            for g in (4, 8)]                        # no stderr at all
+                + [dict(estimator="grpo", setting="G=16", metric="cos", value="n/a")])
+    return BAD_RUNS

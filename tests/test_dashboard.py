@@ -228,3 +228,55 @@ def test_symlinked_run_outside_root_is_not_read(tmp_path, monkeypatch):
     at = open_app(root, monkeypatch)
     assert list(at.dataframe[0].value["run"]) == ["mine"]
     assert "outside the runs directory" in at.warning[0].value
+
+
+def test_every_page_renders_around_bad_runs(tmp_path, monkeypatch):
+    """One dangling symlink, a directory named config.json, a binary metrics file or a
+    malformed eval row once took down every page: now each is skipped with a note naming it,
+    and the good runs are shown."""
+    good = fx.write_fixture_runs(tmp_path, fx.STANDARD_RUNS[:4])
+    bad = fx.write_bad_runs(tmp_path)
+    at = open_app(tmp_path, monkeypatch)
+    table = at.dataframe[0].value.set_index("run")
+    assert set(good) | set(bad) <= set(table.index)
+    assert table.loc["hpt-s0", "steps"] == fx.STANDARD_RUNS[0].steps
+    select_runs(at, ["hpt-s0", "grpo-s0", *bad])
+    notes = {}
+    for page in ("Runs", "Training", "Prompts", "Exploration", "Estimators", "Compare"):
+        at.sidebar.radio(key="page").set_value(page).run()
+        if page == "Prompts":
+            for run in ("dangling-link", "malformed-eval", "hpt-s0"):
+                at.selectbox(key="prompts_run").set_value(run).run()
+                assert not at.exception, (page, run, [e.value for e in at.exception])
+                notes[f"{page} {run}"] = " ".join(w.value for w in at.warning)
+        if page == "Estimators":
+            at.selectbox(key="est_probe").set_value(fx.BAD_PROBE).run()
+        if page == "Compare":
+            at.multiselect(key="cmp_runs").set_value(["hpt-s0", *bad]).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert at.title[0].value == page
+        notes[page] = " ".join(w.value for w in at.warning)
+        if page == "Training":
+            _, reward = charts(at)["Reward"]
+            assert {"hpt-s0", "grpo-s0", "malformed-eval"} <= set(reward["run"])
+        if page == "Exploration":
+            kstar = at.dataframe[0].value.set_index("run")
+            assert kstar.loc["grpo-s0", "k_star"] == 8
+        if page == "Estimators":
+            (_, vs_g), = [v for t, v in charts(at).items() if "vs group size G" in t]
+            assert sorted(vs_g["x"]) == [4, 8]             # G=16's value is not a number
+    for run in ("config-is-a-dir", "binary-metrics"):
+        assert f"{run}/{fx.BAD_RUNS[run]}" in notes["Runs"]
+    assert "binary-metrics/status.json: not text" in notes["Runs"]
+    assert "field 'step' is not an integer (got inf)" in notes["Runs"]
+    assert "dangling-link/samples.jsonl: cannot be read (a symlink to" in notes["Prompts dangling-link"]
+    last = {name: len((tmp_path / "malformed-eval" / name).read_text().splitlines())
+            for name in (records.SAMPLES, records.EVAL_SCORES)}   # the bad rows come last
+    assert (f"malformed-eval/samples.jsonl: line {last[records.SAMPLES]}: field 'correct' is "
+            "not true or false (got 'false')") in notes["Prompts malformed-eval"]
+    assert (f"malformed-eval/eval/scores.jsonl: line {last[records.EVAL_SCORES] - 1}: field "
+            "'step' is not a number (got 'last')") in notes["Exploration"]
+    assert (f"malformed-eval/eval/scores.jsonl: line {last[records.EVAL_SCORES]}: field 'step' "
+            "is missing") in notes["Exploration"]
+    assert (f"malformed-eval/probes/{fx.BAD_PROBE}.jsonl: line 3: field 'value' is not a number "
+            "(got 'n/a')") in notes["Estimators"]

@@ -1,5 +1,7 @@
 """Real-browser check of the dashboard: `streamlit run` on a free loopback port, headless Debian
-chromium dumps the DOM and takes a screenshot (artifacts/dashboard.png, kept by CI).
+chromium dumps the DOM and takes a screenshot (artifacts/dashboard.png, kept by CI). The runs
+directory holds bad runs beside the good ones (fixtures_records.write_bad_runs): the page must
+render the good ones and name the bad.
 
 Deselected by default; run with ``pytest -m browser`` (needs ``apt-get install chromium``).
 """
@@ -63,6 +65,7 @@ def server(tmp_path):
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     runs = tmp_path / "runs"
     fx.write_fixture_runs(runs)
+    fx.write_bad_runs(runs)            # skipped with a note; the good runs still render
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "dashboards/app.py",
@@ -85,8 +88,9 @@ def server(tmp_path):
 
 
 def rendered(dom: str) -> bool:
-    """The page's content is there (not just Streamlit's loading skeleton)."""
-    return "Runs shown" in dom and "vega-embed" in dom
+    """The page's content is there (not just Streamlit's loading skeleton), down to the notes on
+    skipped records, which the app writes last."""
+    return "Runs shown" in dom and "vega-embed" in dom and "unreadable record" in dom
 
 
 def dump_rendered(url: str, tmp: Path, attempts: int = 12) -> str:
@@ -121,5 +125,6 @@ def test_dashboard_renders_in_chromium(server):
     dom = dump_rendered(url, tmp)
     assert "Training" in dom and "Runs shown" in dom
     assert "vega-embed" in dom and ("<canvas" in dom or "<svg" in dom)
+    assert "unreadable record" in dom and "config-is-a-dir/config.json" in dom
     shot = screenshot(url, tmp, ARTIFACTS / "dashboard.png")
     assert shot.stat().st_size > MIN_SCREENSHOT_BYTES

@@ -133,3 +133,13 @@ def test_staleness_from_estimator_flags_as_probes_write_them():
     assert sorted(out["series"].unique()) == ["ppo[eps=0.05]", "ppo[eps=0.2]"]
     assert out.set_index(["series", "x"])["value"][("ppo[eps=0.2]", 4)] == pytest.approx(0.8)
     assert out["hi"].sub(out["value"]).tolist() == pytest.approx([1.96 * 0.01] * 4)
+
+
+def test_a_runs_directory_that_cannot_be_listed_is_a_note(tmp_path, monkeypatch):
+    import records
+
+    def denied(root):  # root may list any directory here, so the refusal is simulated
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(records, "list_runs", denied)
+    assert data.discover_runs(tmp_path) == (
+        [], [f"{tmp_path}: cannot be listed (Permission denied); no runs read"])

@@ -153,13 +153,14 @@ def test_every_gate_gives_a_finite_hybrid_gradient(gate):
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
-def test_a_profiles_gate_parameters_apply_only_to_a_gate_that_has_them():
+def test_a_profiles_gate_parameters_apply_only_to_a_gate_that_has_them(tmp_path):
     from training.config import parse_args
 
-    cfg = parse_args(["hpt", "--profile", "paper-qwen2.5-math-1.5b", "--device", "cpu", "--gate", "power"])
+    (tmp_path / "config.json").write_text("{}")  # a local model directory (the profile's hub id is offline)
+    profile = ["--profile", "paper-qwen2.5-math-1.5b", "--device", "cpu", "--model", str(tmp_path)]
+    cfg = parse_args(["hpt", *profile, "--gate", "power"])
     assert cfg.gate_gamma is None and cfg.sft_coef == 1.0               # the profile's γ dropped, β kept
     assert with_gate(estimators.get("hpt"), cfg).gate == Power(beta=1.0)
-    explicit = parse_args(["hpt", "--profile", "paper-qwen2.5-math-1.5b", "--device", "cpu", "--gate", "power",
-                           "--gate-gamma", "1"])
+    explicit = parse_args(["hpt", *profile, "--gate", "power", "--gate-gamma", "1"])
     with pytest.raises(SystemExit, match="--gate-gamma does nothing for the Power gate"):
         with_gate(estimators.get("hpt"), explicit)

@@ -245,6 +245,24 @@ def test_batch_rejects_non_finite_values():
         b.replace(logp=lp)
 
 
+def test_batch_checks_response_tokens_only_and_the_log_probability_range():
+    b = random_batch()                         # ragged: some rows end in padding
+    pad, tok = (tuple(int(i) for i in (b.mask == v).nonzero()[0]) for v in (0, 1))
+    for name in ("logp", "logp_old", "logp_ref"):
+        v = getattr(b, name, None)
+        v = (b.logp if v is None else v).detach().clone()
+        v[pad] = float("-inf")                 # padding may hold anything
+        b.replace(**{name: v})
+    lp = b.logp.detach().clone()
+    lp[pad] = 5.0
+    b.replace(logp=lp)
+    lp[tok] = 0.25
+    with pytest.raises(BatchError, match=rf"Batch.logp is > 0 .* at index \({tok[0]}, {tok[1]}\)"):
+        b.replace(logp=lp)
+    est = estimators.get("grpo")                # bool rewards are 0/1
+    assert torch.equal(grad(est, b.replace(reward=b.reward.bool())), grad(est, b))
+
+
 def test_presets_reject_what_they_cannot_use():
     with pytest.raises(BatchError, match="Batch.is_demo: grpo trains on on-policy rollouts only and has no use for the 3 demonstration"):
         estimators.get("grpo")(random_batch(demos=True))

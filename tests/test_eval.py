@@ -141,6 +141,15 @@ def test_gpu_only_options_on_cpu(capsys):
                  "--tensor-parallel-size", "vllm")
 
 
+@pytest.mark.parametrize("flag,value,allowed", [
+    ("--bootstrap", "0", "≥ 1"), ("--threads", "-1", "≥ 0"), ("--seed", "-3", "≥ 0"),
+    ("--gpu-memory-utilization", "1.5", "in (0, 1]"), ("--n", "0", "≥ 1")])
+def test_nonsense_numbers_are_refused_before_any_work(capsys, flag, value, allowed):
+    err = expect_error(["--model", "m", "--benchmarks", "aime24", flag, value], capsys,
+                       f"{flag} must be {allowed}, got {value}")
+    assert err.count("\n") == 1
+
+
 def test_vllm_engine_without_vllm(tiny, capsys):
     import importlib.util
 

@@ -213,3 +213,28 @@ def test_single_script_entry_point(runs_dir, tmp_path, capsys):
                                                        "--out", str(tmp_path)])
     assert isinstance(result.data, pd.DataFrame) and result.files
     assert "fig6_offline_ratio.png" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ bad runs
+
+
+def test_bad_runs_are_named_and_the_good_runs_still_drawn(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fx.write_fixture_runs(runs)
+    bad = fx.write_bad_runs(runs)
+    assert cli.main(["--runs", str(runs), "--out", str(tmp_path / "fig")]) == 0
+    out = capsys.readouterr().out
+    for name in SCRIPTS:
+        assert f"{name}: {tmp_path / 'fig' / name}.png" in out
+        assert (tmp_path / "fig" / f"{name}.pdf").exists()
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    for run, what in bad.items():
+        assert any(line.startswith(f"note: {run}/") and what in line for line in notes), run
+
+
+def test_runs_directory_must_exist(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--runs", str(tmp_path / "nope"), "--out", str(tmp_path / "fig")])
+    assert stop.value.code == 2
+    assert f"--runs {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "fig").exists()

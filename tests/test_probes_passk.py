@@ -100,3 +100,32 @@ def test_cli_reads_run_samples_and_rejects_k_above_n(tmp_path, capsys):
     assert res["models"]["run"]["pass@k"][0] == pytest.approx(want)
     assert PK.main([str(tmp_path / "run"), "--k", "1,16", "--no-records"]) == 2
     assert "k=16 > n=8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["false", "true", None, 2, [True]])
+def test_cli_rejects_a_correct_that_is_not_a_bool(tmp_path, capsys, bad):
+    """'false' (a string) is truthy: it once counted as correct and gave pass@k = 1.0."""
+    rows = [{"problem": f"p{i // 4}", "correct": False} for i in range(8)]
+    rows[5]["correct"] = bad
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert PK.main([str(path), "--k", "1,4", "--no-records"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: row 6: field 'correct' must be true or false, got {bad!r}" in err
+    assert err.count("\n") == 1
+
+
+def test_cli_names_the_run_file_and_record_of_a_bad_sample(tmp_path, capsys):
+    w = records.RunWriter(tmp_path / "run")
+    rows = [{"step": 1, "prompt_id": f"p{i % 2}", "source": src, "correct": True}
+            for i in range(4) for src in ("demo", "rollout")]
+    rows[5]["correct"] = "false"                       # the third rollout, sixth record
+    w.log_samples(rows)
+    assert PK.main([str(tmp_path / "run"), "--k", "1", "--no-records"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / records.SAMPLES}: row 6: field 'correct'" in err
+    rows[5]["correct"], rows[3]["step"] = False, "one"
+    (tmp_path / "run" / records.SAMPLES).unlink()
+    w.log_samples(rows)
+    assert PK.main([str(tmp_path / "run"), "--k", "1", "--no-records"]) == 2
+    assert "row 4: field 'step' must be an integer, got 'one'" in capsys.readouterr().err

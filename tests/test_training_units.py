@@ -1,9 +1,12 @@
 """Fast unit tests of training/: task, reward, data loading, pass@k, batch building, config."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +17,8 @@ from estimators.parts import ConstantNormaliser, KLPenalty
 from training import batching, data, task
 from training.evaluation import heldout as evaluate
 from training.batching import Row
-from training.config import RunConfig, build_parser, parse_args
+from training.config import (ALLOWED, ALLOWED_WHEN_SAMPLING, ConfigError, RunConfig, build_parser,
+                             check, parse_args, preset_names, sampling_stages)
 from training.reward import BoxedReward, last_boxed, quick_check
 
 
@@ -282,6 +286,86 @@ def test_parse_args_types_and_unknown_preset():
     assert cfg == RunConfig(preset="luffy", steps=7, lr=0.01, progress=False, entropy_coef=0.0)
     with pytest.raises(SystemExit):
         parse_args(["nope"])
+
+
+def test_every_field_has_an_allowed_range_and_the_defaults_are_in_it():
+    assert set(ALLOWED) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert set(ALLOWED_WHEN_SAMPLING) <= set(ALLOWED)
+    for preset in preset_names():
+        check(RunConfig(preset=preset))
+
+
+NONSENSE = [  # argv -> the one line it must print (flag, value, allowed range)
+    (["grpo", "--steps", "0"], "--steps 0: must be ≥ 1"),
+    (["grpo", "--steps", "-5"], "--steps -5: must be ≥ 1"),
+    (["grpo", "--n", "0"], "--n 0: must be ≥ 1"),
+    (["luffy", "--n", "1"], "--n 1: must be ≥ 2 for luffy"),
+    (["grpo", "--temperature", "0"], "--temperature 0.0: must be > 0 for grpo, which samples"),
+    (["sft_then_grpo", "--temperature", "-1"], "--temperature -1.0: must be > 0 for sft_then_grpo"),
+    (["sft", "--temperature", "-1"], "--temperature -1.0: must be ≥ 0"),
+    (["grpo", "--lora-r", "-1"], "--lora-r -1: must be ≥ 0"),
+    (["grpo", "--micro-batch", "0"], "--micro-batch 0: must be ≥ 1"),
+    (["grpo", "--eval-k", "0"], "--eval-k 0: must be ≥ 1"),
+    (["grpo", "--max-new-tokens", "0"], "--max-new-tokens 0: must be ≥ 1"),
+    (["grpo", "--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+    (["grpo", "--lr", "nan"], "--lr nan: must be > 0"),
+    (["grpo", "--schedule", "cos"], "--schedule cos: must be one of constant, cosine, linear"),
+    (["grpo", "--device", "gpu"], "--device gpu: must be auto, cpu, cuda or cuda:N"),
+    (["grpo", "--model", "/nonexistent"], "--model /nonexistent: no such directory"),
+    (["grpo", "--resume", "/nonexistent"], "--resume /nonexistent: no such directory"),
+    (["grpo", "--run-id", "a/b"], "--run-id a/b: must be a plain name"),
+]
+
+
+@pytest.mark.parametrize("argv,line", NONSENSE, ids=[" ".join(a) for a, _ in NONSENSE])
+def test_nonsense_arguments_stop_with_one_line(argv, line, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse_args(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(f"error: {line}") and err.count("\n") == 1
+
+
+def test_sft_samples_nothing_and_may_use_any_temperature():
+    assert parse_args(["sft", "--temperature", "0"]).temperature == 0
+    assert sampling_stages("sft") == [] and sampling_stages("sft_then_grpo") == ["grpo"]
+
+
+def test_model_is_a_saved_directory_or_a_hub_id(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    with pytest.raises(ConfigError, match="has no config.json"):
+        check(RunConfig(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    check(RunConfig(model=str(tmp_path)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    check(RunConfig(model="someone/some-model"))           # downloaded at load time
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set but the hub id is not in the "
+                                          "local cache"):
+        check(RunConfig(model="someone/some-model"))
+
+
+def test_training_cli_refuses_a_missing_model_before_any_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "training.run", "grpo", "--model",
+                           str(tmp_path / "nope"), "--runs-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == f"error: --model {tmp_path / 'nope'}: no such directory\n"
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--presets", "sft,grpo", "--", "--temperature", "0"], "error: --temperature 0.0: must be > 0 for grpo"),
+    (["--seeds", "0,x"], "argument --seeds: '0,x': expected comma-separated integers"),
+    (["--jobs", "0"], "argument --jobs: '0': expected an integer ≥ 1")])
+def test_compare_checks_every_run_before_any_work(argv, line, tmp_path, monkeypatch, capsys):
+    from training import base, compare
+
+    monkeypatch.setattr(base, "ensure_base", lambda **kw: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--runs-dir", str(tmp_path), *argv])
+    assert stop.value.code == 2 and line in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_run_constants_follow_max_new_tokens():

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import records
 
+from .config import parse_args
+
 # two-sided 95% Student-t quantiles by degrees of freedom (1..10), then the normal value
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
        10: 2.228}
@@ -102,18 +104,34 @@ def run_one(preset: str, seed: int, root: Path, extra: list[str]) -> Path:
     return run_dir
 
 
+def seed_list(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2] (argparse type)."""
+    try:
+        return [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (argparse type)."""
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer ≥ 1")
+    return int(text)
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="sft,grpo,sft_then_grpo,luffy,hpt")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", type=seed_list, default="0,1,2")
     p.add_argument("--runs-dir", default="runs/compare")
-    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)),
+    p.add_argument("--jobs", type=positive_int, default=max(1, (os.cpu_count() or 1)),
                    help="runs in parallel (each uses one torch thread)")
     args, extra = p.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
-    presets = args.presets.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    presets, seeds = args.presets.split(","), args.seeds
+    for preset in presets:  # every run's arguments checked before any work (one line, exit 2)
+        parse_args([preset, *extra, "--seed", str(seeds[0]), "--runs-dir", args.runs_dir])
     root = Path(args.runs_dir)
     from .base import ensure_base
 

@@ -1,15 +1,25 @@
 """The run configuration: one typed dataclass with per-field help; argparse is built from it.
 
     cfg = parse_args(["hpt", "--steps", "50"])      # preset name first, then --field-name value
+
+Every field has an allowed range (``ALLOWED``, declared right after the fields), and ranges that
+hold only when the run samples rollouts (``ALLOWED_WHEN_SAMPLING``); ``parse_args`` checks them
+before any work starts and stops with one line naming the flag, the value and the range.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from typing import Optional, get_type_hints
+from pathlib import Path
+from typing import Any, Optional, get_type_hints
 
 import estimators
+
+from .batching import group_layout
+from .profiles import PROFILES
 
 TWO_STAGE = {"sft_then_grpo": ("sft", "grpo")}
 
@@ -128,6 +138,202 @@ def preset_names() -> list[str]:
     return sorted(estimators.PRESETS) + sorted(TWO_STAGE)
 
 
+# ------------------------------------------------------------------------- allowed values
+
+
+class ConfigError(ValueError):
+    """A field outside its allowed range; the message names the flag, the value and the range."""
+
+
+@dataclass(frozen=True)
+class Between:
+    """A number in [lo, hi] (an end may be open or absent); NaN never, ±inf only if ``inf``."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    inf: bool = False
+
+    def problem(self, v: Any) -> Optional[str]:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+        ok = (number and (self.inf or math.isfinite(v))
+              and (self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
+              and (self.hi is None or v <= self.hi))
+        return None if ok else f"must be {self}"
+
+    def __str__(self) -> str:
+        show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
+        if self.lo is None and self.hi is None:
+            return "a finite number"
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '≥'} {show(self.lo)}" + (" (or inf)" if self.inf else "")
+        return f"in {'(' if self.lo_open else '['}{show(self.lo)}, {show(self.hi)}]"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    choices: tuple
+
+    def problem(self, v: Any) -> Optional[str]:
+        return None if v in self.choices else "must be one of " + ", ".join(
+            repr(c) if c == "" else str(c) for c in self.choices)
+
+
+@dataclass(frozen=True)
+class Matches:
+    """A string matching ``pattern`` (described as ``what``)."""
+
+    pattern: str
+    what: str
+
+    def problem(self, v: Any) -> Optional[str]:
+        return None if isinstance(v, str) and re.fullmatch(self.pattern, v) else f"must be {self.what}"
+
+
+@dataclass(frozen=True)
+class ExistingPath:
+    """Empty, or an existing file or directory (``dir_only``: a directory)."""
+
+    dir_only: bool = False
+
+    def problem(self, v: Any) -> Optional[str]:
+        if not v:
+            return None
+        path = Path(v).expanduser()
+        if self.dir_only and not path.is_dir():
+            return "no such directory"
+        return None if path.exists() else "no such file or directory"
+
+
+class ModelSource:
+    """Empty (the embedded base), a local model directory, or a Hugging Face hub id; offline
+    (HF_HUB_OFFLINE) the id must already be in the local cache."""
+
+    def problem(self, v: Any) -> Optional[str]:
+        if not v:
+            return None
+        path = Path(v).expanduser()
+        if path.exists():
+            saved = any((path / f).is_file() for f in ("config.json", "adapter_config.json"))
+            return None if saved else (f"{path} has no config.json (nor adapter_config.json): "
+                                       "give a directory saved with save_pretrained")
+        if v.startswith((".", "/", "~")) or v.count("/") > 1:
+            return "no such directory"
+        from huggingface_hub import constants, snapshot_download
+
+        if not constants.HF_HUB_OFFLINE:
+            return None                        # a hub id: downloaded (or taken from the cache)
+        try:
+            snapshot_download(v, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss of the offline cache means the same thing
+            return (f"not a local directory, and HF_HUB_OFFLINE is set but the hub id is not in "
+                    f"the local cache ({constants.HF_HUB_CACHE}); download it where there is "
+                    "network and pass the directory")
+        return None
+
+
+FLAG = OneOf((False, True))
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Between(0), Between(1), Between(0, lo_open=True)
+FRACTION, PROBABILITY = Between(0, 1), Between(0, 1, lo_open=True)
+
+# Every field's allowed values (``None`` — the preset's own value — is always allowed).
+ALLOWED: dict[str, Any] = {
+    "preset": OneOf(tuple(preset_names())),
+    "model": ModelSource(),
+    "rebuild_base": FLAG,
+    "train_data": ExistingPath(),
+    "eval_data": ExistingPath(),
+    "lora_r": AT_LEAST_0,
+    "lora_alpha": POSITIVE,
+    "steps": AT_LEAST_1,
+    "prompts_per_step": AT_LEAST_1,
+    "n": AT_LEAST_1,
+    "temperature": AT_LEAST_0,
+    "top_p": PROBABILITY,
+    "max_new_tokens": AT_LEAST_1,
+    "lr": POSITIVE,
+    "schedule": OneOf(("constant", "cosine", "linear")),
+    "warmup_steps": AT_LEAST_0,
+    "weight_decay": AT_LEAST_0,
+    "grad_clip": POSITIVE,
+    "max_grad_norm": Between(0, lo_open=True, inf=True),
+    "max_bad_steps": AT_LEAST_1,
+    "micro_batch": AT_LEAST_1,
+    "mini_batches": AT_LEAST_1,
+    "epochs": AT_LEAST_1,
+    "entropy_coef": Between(),
+    "kl_coef": AT_LEAST_0,
+    "gate": OneOf(("", *estimators.parts.GATES)),
+    "gate_gamma": AT_LEAST_0,
+    "gate_k": POSITIVE,
+    "gate_alpha": AT_LEAST_0,
+    "stage_split": FRACTION,
+    "dynamic_sampling_rounds": AT_LEAST_0,
+    "value_coef": AT_LEAST_0,
+    "eval_every": AT_LEAST_0,
+    "eval_k": AT_LEAST_1,
+    "eval_temperature": AT_LEAST_0,
+    "eval_top_p": PROBABILITY,
+    "save_every": AT_LEAST_0,
+    "keep_checkpoints": AT_LEAST_1,
+    "verifier_timeout": POSITIVE,
+    "seed": Between(0, 2 ** 32 - 1),
+    "runs_dir": Matches(r"(?s).+", "a directory"),
+    "run_id": Matches(r"[^/\\]*", "a plain name (no path separators)"),
+    "resume": ExistingPath(dir_only=True),
+    "threads": AT_LEAST_0,
+    "progress": FLAG,
+    "profile": OneOf(("", *PROFILES)),
+    "device": Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    "dtype": OneOf(("float32", "bfloat16", "float16")),
+    "fsdp": FLAG,
+    "rollout_engine": OneOf(("hf", "vllm")),
+    "tis_cap": POSITIVE,
+    "seed_per_prompt": FLAG,
+    "sft_coef": AT_LEAST_0,
+    "prompt_template": OneOf(("chat", "zero")),
+    "max_prompt_tokens": AT_LEAST_0,
+    "rope_theta": POSITIVE,
+    "max_position_embeddings": AT_LEAST_1,
+}
+# Stricter ranges for a run that samples rollouts (every preset but pure SFT).
+ALLOWED_WHEN_SAMPLING: dict[str, Any] = {
+    "temperature": POSITIVE,
+}
+SAMPLING_WHY = ("which samples rollouts (greedy rollouts of a group are identical: zero "
+                "advantage, no gradient)")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check(cfg: "RunConfig") -> None:
+    """Raise `ConfigError` for the first field outside its allowed range (``ALLOWED``, and
+    ``ALLOWED_WHEN_SAMPLING`` when the preset samples rollouts)."""
+    known = ALLOWED["preset"].problem(cfg.preset) is None
+    stricter = ALLOWED_WHEN_SAMPLING if known and sampling_stages(cfg.preset) else {}
+    for f in fields(cfg):
+        value, allowed = getattr(cfg, f.name), stricter.get(f.name, ALLOWED.get(f.name))
+        problem = None if value is None or allowed is None else allowed.problem(value)
+        if problem:
+            why = f" for {cfg.preset}, {SAMPLING_WHY}" if f.name in stricter else ""
+            raise ConfigError(f"{flag(f.name)} {value}: {problem}{why}")
+    for stage in sampling_stages(cfg.preset):
+        rollouts = group_layout(estimators.get(stage), cfg.n).rollouts
+        if rollouts < 1:
+            raise ConfigError(f"{flag('n')} {cfg.n}: must be ≥ {cfg.n - rollouts + 1} for {stage} "
+                              f"(it puts {cfg.n - rollouts} demonstration(s) in each group of n "
+                              "rows and needs at least one rollout)")
+
+
+def sampling_stages(preset: str) -> list[str]:
+    """The stages of ``preset`` that sample rollouts (pure SFT samples none, at any n)."""
+    many = 1 << 10
+    return [s for s in TWO_STAGE.get(preset, (preset,))
+            if group_layout(estimators.get(s), many).rollouts > 0]
+
+
 def _parse_bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "on"):
         return True
@@ -166,19 +372,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
-    cfg = RunConfig(**vars(build_parser().parse_args(argv)))
-    if cfg.resume:  # the saved config, with the changes allowed on a resume
-        return resume_config(cfg, saved_config(cfg.resume), explicit_fields(argv))[0]
-    if cfg.profile:
-        from .profiles import apply_profile
+    """The run config of a command line, every field checked (``check``) before any work: a
+    value outside its range stops here with one line naming the flag, the value and the range.
+    With ``--resume`` the run's saved config, with the changes a resume may make."""
+    parser = build_parser()
+    cfg = RunConfig(**vars(parser.parse_args(argv)))
+    try:
+        if cfg.resume:  # the command line as given (the directory must exist), then the saved config
+            check(cfg)
+            return resume_config(cfg, saved_config(cfg.resume), explicit_fields(argv))[0]
+        if cfg.profile:
+            from .profiles import apply_profile
 
-        explicit = explicit_fields(argv)
-        cfg = apply_profile(cfg, explicit)
-        if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
-            gate = estimators.parts.GATES.get(cfg.gate)
-            params = {f.name for f in fields(gate)} if gate else set()
-            cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
-                                  if flag not in explicit and param not in params})
+            explicit = explicit_fields(argv)
+            cfg = apply_profile(cfg, explicit)
+            if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
+                gate = estimators.parts.GATES.get(cfg.gate)
+                params = {f.name for f in fields(gate)} if gate else set()
+                cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
+                                      if flag not in explicit and param not in params})
+        check(cfg)
+    except ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
     return cfg
 
 

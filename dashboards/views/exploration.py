@@ -4,15 +4,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import records
 from dashboards import charts
 from dashboards.state import Context
-from records import passk
+from records import passk, tables
 
 
 def run_curves(ctx: Context, run: str, level: str) -> pd.DataFrame:
     """Curves of one run from its eval scores, else recomputed from its samples."""
     curves = passk.curves_from_eval(run, ctx.eval(run), level)
-    if curves.empty and (ctx.paths[run] / "samples.jsonl").exists():
+    if curves.empty and tables.has_record(ctx.paths[run], records.SAMPLES):
         curves = passk.curves_from_samples(run, ctx.samples(run))
     return curves
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import records
 from dashboards import charts
 from dashboards.state import Context
 from records import tables
@@ -30,7 +31,7 @@ def solved_when(acc: pd.DataFrame) -> pd.DataFrame:
 def render(ctx: Context) -> None:
     """Heatmap of one run, and the difference heatmap of two runs."""
     st.title("Prompts")
-    runs = [r for r in ctx.selected if (ctx.paths[r] / "samples.jsonl").exists()]
+    runs = [r for r in ctx.selected if tables.has_record(ctx.paths[r], records.SAMPLES)]
     if not runs:
         st.info("None of the selected runs logged samples (samples.jsonl).")
         return
@@ -39,6 +40,9 @@ def render(ctx: Context) -> None:
     run_b = col2.selectbox("Minus run (difference)", [NONE] + runs, key="prompts_run_b")
     max_cols = col3.slider("Max step columns", 10, 200, 60, key="prompts_cols")
     acc_a = tables.rollout_accuracy(ctx.samples(run_a))
+    if acc_a.empty:
+        st.info(f"{run_a}: no readable rollout samples (see the notes above).")
+        return
     st.altair_chart(charts.heatmap(tables.bin_steps(acc_a, max_cols),
                                    f"Rollout accuracy per prompt: {run_a}"), key="chart_heat")
     if run_b != NONE:

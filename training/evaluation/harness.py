@@ -136,10 +136,15 @@ def check_device(args) -> str:
 
 
 def check_args(args) -> None:
-    for name in ("n", "limit", "max_new_tokens", "batch_size"):
+    for name in ("n", "limit", "max_new_tokens", "batch_size", "bootstrap", "tensor_parallel_size"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+    for name in ("threads", "seed"):
+        if getattr(args, name) < 0:
+            raise EvalError(f"--{name} must be ≥ 0, got {getattr(args, name)}")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        raise EvalError(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization}")
     if not 0 < args.top_p <= 1:
         raise EvalError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.temperature < 0:
