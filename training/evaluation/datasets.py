@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 ENV_VAR = "UPGE_EVAL_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data" / "hpt_eval"
 SOURCES = ("luffy", "hpt")
 
