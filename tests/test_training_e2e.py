@@ -146,8 +146,8 @@ def test_overlong_demos_are_truncated_and_counted(tiny_model, tmp_path):
 def test_nonfinite_losses_stop_the_run_and_keep_records(tiny_model, tmp_path, monkeypatch):
     real = policy.score
 
-    def nan_score(model, packed, value_head=None):
-        out = real(model, packed, value_head)
+    def nan_score(model, packed, value_head=None, **kw):
+        out = real(model, packed, value_head, **kw)
         return policy.Scored(out.logp * float("nan"), out.entropy, out.values)
 
     monkeypatch.setattr(run, "score", nan_score)

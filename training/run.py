@@ -39,7 +39,7 @@ import records  # noqa: E402
 from estimators import Hybrid  # noqa: E402
 from estimators.parts import ConstantNormaliser, KLPenalty, Switch  # noqa: E402
 
-from . import base, batching, checkpoint, data, distributed, engines, evaluate, task  # noqa: E402
+from . import base, batching, checkpoint, data, distributed, engines, evaluate, precision, task  # noqa: E402
 from .batching import Row  # noqa: E402
 from .config import TWO_STAGE, RunConfig, parse_args  # noqa: E402
 from .policy import Packed, Reference, ValueHead, load_model, load_tokenizer, pack, score  # noqa: E402
@@ -304,7 +304,7 @@ class Trainer:
                                          self.reference.logp(packed))
                 if self.behavior:
                     full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
-                    m[records.ROLLOUT_ENGINE_GAP] = self.engine_gap(full)
+                    m[records.ROLLOUT_LOGP_GAP] = self.engine_gap(full)
                 sums += _token_sums(old, packed.mask, full.is_demo)
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
             for epoch in range(stage.epochs):
@@ -344,7 +344,7 @@ class Trainer:
         return (loss, out) if bool(torch.isfinite(loss)) else (None, None)
 
     def engine_gap(self, b) -> float:
-        """Mean |log p_engine − log π_θold| over the rollout tokens of every rank."""
+        """Mean |log p_sampler − log π_θold| over the rollout tokens of every rank."""
         tok = b.mask * b.rollouts[:, None].to(b.mask.dtype)
         sums = torch.stack([((b.logp_behavior - b.logp_old).abs() * tok).sum(), tok.sum()]).double()
         gap, n = self.dist.sum_tensor(sums).tolist()
@@ -383,7 +383,8 @@ class Trainer:
                 self.zero_pass(packed, grad=True)
                 continue
             part = _select_packed(packed, mb[micro])
-            s = score(self.model, part, self.critic if stage.critic else None)
+            s = score(self.model, part, self.critic if stage.critic else None,
+                      temperature=self.cfg.temperature)
             loss, out = self.micro_loss(stage, sub.select(micro), plan.select(micro), s,
                                         returns[micro] if returns is not None else None,
                                         n_tok, m, sums if one_pass else None)
@@ -427,7 +428,7 @@ class Trainer:
                     self.zero_pass(packed, grad=False)
                     continue
                 parts.append(score(self.model, _select_packed(packed, idx, trim=False),
-                                   self.critic if critic else None))
+                                   self.critic if critic else None, temperature=self.cfg.temperature))
         cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
         return type(parts[0])(cat([p.logp for p in parts]), cat([p.entropy for p in parts]),
                               cat([p.values for p in parts]))
@@ -640,11 +641,15 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         torch.manual_seed(cfg.seed)
         tok = load_tokenizer(model_path)
         device = resolve_device(cfg.device, dist)
-        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, dtype=cfg.dtype).to(device)
+        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha,  # float32 master weights
+                           attn_implementation=cfg.attn_implementation,
+                           gradient_checkpointing=cfg.gradient_checkpointing).to(device)
+        precision.autocast_forward(model, cfg.dtype)  # --dtype: the forward's compute precision
         model.train()
         dist.sync_params(list(model.parameters()))
         # π_ref: a frozen full copy made before sharding (FSDP shards it like the policy)
-        reference = Reference.of(model, checkpoint.is_lora(model)) if cfg.kl_coef > 0 else NoReference()
+        reference = (Reference.of(model, checkpoint.is_lora(model), cfg.temperature)
+                     if cfg.kl_coef > 0 else NoReference())
         sharded = check_fsdp(cfg, dist, stages)
         if sharded:
             model = distributed.shard(model)
