@@ -188,7 +188,8 @@ def test_gradient_checkpointing_gives_the_same_gradient():
 def test_load_model_options(tmp_path):
     tiny_qwen().save_pretrained(tmp_path)
     m = policy.load_model(str(tmp_path), attn_implementation="auto", gradient_checkpointing=True)
-    assert m.config._attn_implementation == "sdpa" and m.is_activation_checkpointing
+    assert m.config._attn_implementation == ("sdpa" if torch.cuda.is_available() else "eager")
+    assert m.is_activation_checkpointing
     assert next(m.parameters()).dtype == torch.float32
     with pytest.raises(ValueError, match="attn-implementation"):
         policy.load_model(str(tmp_path), attn_implementation="fast")

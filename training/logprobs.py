@@ -64,7 +64,7 @@ class HeadLogProbs(torch.autograd.Function):
                 lse[s:s + chunk] = l = torch.logsumexp(z, -1)
                 z -= l[:, None]  # log p, in place
                 logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1)
-                ent[s:s + chunk] = -(z.exp() * z).sum(-1)  # −Σ p log p: no cancellation
+                ent[s:s + chunk] = -z.exp().mul_(z).sum(-1)  # −Σ p log p: no cancellation
                 del z
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
         ctx.inv_t, ctx.chunk = inv_t, chunk
@@ -85,19 +85,20 @@ class HeadLogProbs(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
                 h = hidden[s:s + chunk]
-                logq = _logits(h, weight, bias, inv_t) - lse[s:s + chunk, None]  # log p
+                logq = _logits(h, weight, bias, inv_t)
+                logq -= lse[s:s + chunk, None]  # log p, in place
                 p = logq.exp()
-                dz = torch.zeros_like(p)
-                if g_ent is not None:  # ∂H/∂z = −p (log p + H)
-                    ge = g_ent[s:s + chunk, None].to(dt)
-                    dz -= p * (logq + ent[s:s + chunk, None]) * ge
-                del logq
-                if g_logp is not None:  # ∂ log p_y/∂z = e_y − p
-                    gl = g_logp[s:s + chunk, None].to(dt)
-                    dz -= p * gl
+                gl = g_logp[s:s + chunk, None].to(dt) * inv_t if g_logp is not None else None
+                if g_ent is not None:  # ∂H/∂z = −p (log p + H), in logq's buffer
+                    ge = g_ent[s:s + chunk, None].to(dt) * inv_t
+                    dz = logq.add_(ent[s:s + chunk, None]).mul_(p).mul_(-ge)
+                    if gl is not None:
+                        dz.addcmul_(p, gl, value=-1.0)
+                else:  # only ∂ log p_y/∂z = e_y − p, in p's buffer
+                    dz = p.mul_(-gl)
+                del logq, p
+                if gl is not None:
                     dz.scatter_add_(-1, targets[s:s + chunk, None], gl)
-                del p
-                dz *= inv_t
                 if g_h is not None:
                     g_h[s:s + chunk] = (dz @ weight.to(dt)).to(hidden.dtype)
                 if g_w is not None:

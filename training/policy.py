@@ -139,16 +139,20 @@ ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
 def attention_implementation(name: str = "auto") -> str:
-    """``--attn-implementation``: auto → FlashAttention 2 on CUDA when ``flash_attn`` is
-    installed, else torch's scaled-dot-product attention (SDPA); or one of them by name."""
+    """``--attn-implementation``: auto → on CUDA, FlashAttention 2 when ``flash_attn`` is
+    installed, else torch's scaled-dot-product attention (SDPA; no [B, heads, T, T] weights);
+    on the CPU eager attention, because torch's CPU SDPA kernel is not bit-reproducible across
+    processes in ``generate`` (a resumed run's sampled-token log-probs moved by ~1e-9, so it
+    would no longer replay the uninterrupted run exactly); or one of them by name."""
     if name not in ATTENTION:
         raise ValueError(f"--attn-implementation must be one of {ATTENTION}, got {name!r}")
     if name != "auto":
         return name
     import importlib.util
 
-    flash = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
-    return "flash_attention_2" if flash else "sdpa"
+    if not torch.cuda.is_available():
+        return "eager"
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -291,7 +291,7 @@ class Trainer:
             packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows],
                           self.tok.pad_token_id).to(self.model.device)
             k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
-            sums = torch.zeros(4, dtype=torch.float64)  # entropy, tokens, demo NLL, demo tokens
+            sums = torch.zeros(6, dtype=torch.float64)  # see `_token_sums`
             one_pass = self.one_pass(stage, k)
             if one_pass:  # π_θold = π_θ: the grad pass gives the old log-probs
                 full = batching.to_batch(rows, torch.zeros_like(packed.mask), packed.mask,
@@ -302,10 +302,10 @@ class Trainer:
                     return self.skip_nonfinite(m, "log-probs of the batch are not finite")
                 full = batching.to_batch(rows, old.logp, packed.mask, old.values,
                                          self.reference.logp(packed))
-                if self.behavior:
-                    full = full.replace(logp_behavior=_behavior_logp(rows, old.logp, self.behavior))
-                    m[records.ROLLOUT_LOGP_GAP] = self.engine_gap(full)
-                sums += _token_sums(old, packed.mask, full.is_demo)
+            if self.behavior:  # the sampler's log-probs (π_θold's for demonstrations)
+                full = full.replace(logp_behavior=_behavior_logp(rows, full.logp_old, self.behavior))
+            if not one_pass:
+                sums += _token_sums(old, packed.mask, full, bool(self.behavior))
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
             for epoch in range(stage.epochs):
                 for mb in batching.minibatches(rows, k, gen):
@@ -332,8 +332,11 @@ class Trainer:
         b = b.replace(logp=F.pad(s.logp, (0, T - s.logp.shape[1])),
                       entropy=F.pad(s.entropy, (0, T - s.entropy.shape[1])) if stage.entropy else None)
         if sums is not None:
-            b = b.replace(logp_old=b.logp.detach())
-            sums += _token_sums(s, b.mask[:, :s.logp.shape[1]], b.is_demo)
+            old = b.logp.detach()
+            known = bool(self.behavior)  # rows without sampler log-probs: ratio 1
+            b = b.replace(logp_old=old, logp_behavior=torch.where(
+                b.is_demo[:, None] | (not known), old, b.logp_behavior))
+            sums += _token_sums(s, b.mask, b, known)
         out = stage.est(b, plan)
         loss = out.loss
         if stage.critic:
@@ -343,26 +346,23 @@ class Trainer:
             m[records.TRAIN_VALUE_LOSS] += vloss.item() / stage.epochs
         return (loss, out) if bool(torch.isfinite(loss)) else (None, None)
 
-    def engine_gap(self, b) -> float:
-        """Mean |log p_sampler − log π_θold| over the rollout tokens of every rank."""
-        tok = b.mask * b.rollouts[:, None].to(b.mask.dtype)
-        sums = torch.stack([((b.logp_behavior - b.logp_old).abs() * tok).sum(), tok.sum()]).double()
-        gap, n = self.dist.sum_tensor(sums).tolist()
-        return gap / max(n, 1.0)
-
     def one_pass(self, stage: Stage, k: int) -> bool:
-        """One epoch over one mini-batch, no critic, no engine log-probs: every row is scored
-        once with gradients, at θ = θ_old, so that pass also gives π_θold (as TRL does with
-        ``num_iterations=1``) and the separate no-grad scoring pass is skipped."""
-        return stage.epochs == 1 and k == 1 and not stage.critic and not self.behavior
+        """One epoch over one mini-batch, no critic: every row is scored once with gradients,
+        at θ = θ_old, so that pass also gives π_θold (as TRL does with ``num_iterations=1``;
+        the sampler's log-probs, for TIS and ``rollout/logp_gap``, are compared with it there)
+        and the separate no-grad scoring pass is skipped."""
+        return stage.epochs == 1 and k == 1 and not stage.critic
 
     def token_means(self, sums: torch.Tensor) -> dict:
-        """train/entropy over the response tokens scored this step and train/demo_nll over
-        their demonstration tokens, over all ranks (``sums`` from `_token_sums`)."""
-        ent, n, nll, n_demo = self.dist.sum_tensor(sums).tolist()  # one collective
+        """train/entropy over the response tokens scored this step, train/demo_nll over
+        their demonstration tokens and rollout/logp_gap over their rollout tokens, over all
+        ranks (``sums`` from `_token_sums`)."""
+        ent, n, nll, n_demo, gap, n_gap = self.dist.sum_tensor(sums).tolist()  # one collective
         out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
         if n_demo > 0:
             out[records.TRAIN_DEMO_NLL] = nll / n_demo
+        if n_gap > 0:
+            out[records.ROLLOUT_LOGP_GAP] = gap / n_gap
         return out
 
     def optimise(self, stage: Stage, packed: Packed, full, mb: torch.Tensor, m: dict,
@@ -527,12 +527,19 @@ def _behavior_logp(rows: list[Row], logp_old: torch.Tensor, table: dict) -> torc
     return out
 
 
-def _token_sums(scored, mask: torch.Tensor, is_demo: torch.Tensor) -> torch.Tensor:
-    """[Σ entropy, Σ tokens, Σ demo NLL, Σ demo tokens] of scored rows (see `token_means`)."""
-    demo = is_demo[:, None] * mask
+def _token_sums(scored, mask: torch.Tensor, b, known: bool) -> torch.Tensor:
+    """[Σ entropy, Σ tokens, Σ demo NLL, Σ demo tokens, Σ |log p_sampler − log π_θold|,
+    Σ rollout tokens] of scored rows (see `token_means`); the last two only when the sampler
+    returned its log-probs (``known``). ``b``: the rows' Batch (π_θold = the scored log-probs)."""
+    T = scored.logp.shape[1]
+    mask = mask[:, :T]
+    demo = b.is_demo[:, None] * mask
+    roll = b.rollouts[:, None] * mask * float(known)
+    gap = (b.logp_behavior[:, :T] - b.logp_old[:, :T]).abs() * roll
     with torch.no_grad():
         return torch.stack([(scored.entropy * mask).sum(), mask.sum(),
-                            -(scored.logp * demo).sum(), demo.sum()]).double().cpu()
+                            -(scored.logp * demo).sum(), demo.sum(), gap.sum(),
+                            roll.sum()]).double().cpu()
 
 
 def _first_groups(rows: list[Row], k: int) -> list[Row]:
