@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,7 +290,10 @@ SIDES = {"ours": ours, "trl": trl}
 def child(side: str, model_dir: Path, tmp: str, threads: int, setting: str) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", str(model_dir),
            "--tmp", tmp, "--threads", str(threads), "--setting", setting]
-    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT)))
+    # the side under measurement may come from another checkout (PYTHONPATH); TRL's side and
+    # the helpers always from this one
+    ours_path = os.environ.get("PYTHONPATH", str(ROOT))
+    env = dict(os.environ, PYTHONPATH=ours_path if side == "ours" else str(ROOT))
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
