@@ -57,9 +57,13 @@ Metric names (namespaced; defined here once and used everywhere):
 ``rollout/clip_fraction``         fraction of responses that hit the length limit
 ``rollout/all_equal_fraction``    fraction of groups whose rewards are all equal
 ``rollout/verifier_timeouts``     verifier calls that timed out or raised (counted as wrong)
-``rollout/engine_logp_gap``       mean |log p_engine − log π_θold| over rollout tokens (vLLM
-                                  rollouts: the sampler/trainer mismatch TIS corrects; a stale
-                                  weight sync shows here)
+``rollout/logp_gap``              mean |log p_sampler − log π_θold| over rollout tokens: the
+                                  rollout engine's (HF ``generate``'s processed scores, vLLM's
+                                  processed log-probs) against the trainer's own, so a sampler/
+                                  trainer mismatch (temperature, precision, a stale weight sync)
+                                  shows at every step; vLLM: what TIS corrects. Runs before
+                                  this key wrote ``rollout/engine_logp_gap`` (vLLM only); the
+                                  readers map it onto this name
 ``gate/sft_fraction``             fraction of prompts the HPT gate sent to SFT
 ``gate/mean_beta``                mean SFT weight β over the gated prompts (``Hybrid`` estimator
                                   stats; ``estimators`` writes the literal, it imports no records)
@@ -108,7 +112,8 @@ ROLLOUT_LENGTH = "rollout/response_length"
 ROLLOUT_CLIP_FRACTION = "rollout/clip_fraction"
 ROLLOUT_ALL_EQUAL = "rollout/all_equal_fraction"
 ROLLOUT_VERIFIER_TIMEOUTS = "rollout/verifier_timeouts"
-ROLLOUT_ENGINE_GAP = "rollout/engine_logp_gap"
+ROLLOUT_LOGP_GAP = "rollout/logp_gap"
+RENAMED_METRICS = {"rollout/engine_logp_gap": ROLLOUT_LOGP_GAP}  # old name -> current name
 GATE_SFT_FRACTION = "gate/sft_fraction"
 GATE_MEAN_BETA = "gate/mean_beta"
 GATE_OFFLINE_RATIO = "gate/offline_ratio"
@@ -450,7 +455,9 @@ def create_run_dir(root: Path | str, name: str, unique: bool = True) -> Path:
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], Notes]:
-    return read_jsonl(Path(run_dir) / METRICS)
+    """Metric rows, with metrics of older runs under their current names (`RENAMED_METRICS`)."""
+    rows, notes = read_jsonl(Path(run_dir) / METRICS)
+    return [{RENAMED_METRICS.get(k, k): v for k, v in r.items()} for r in rows], notes
 
 
 def read_samples(run_dir: Path) -> tuple[list[dict], Notes]:

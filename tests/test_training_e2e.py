@@ -138,6 +138,17 @@ def test_other_presets_write_complete_records(tiny_model, tmp_path, preset):
     assert metrics[2]["data/demos_truncated"] >= 0
 
 
+@pytest.mark.parametrize("temperature", ["0.7", "1.3"])
+def test_every_step_records_the_sampler_trainer_logp_gap(tiny_model, tmp_path, temperature):
+    """rollout/logp_gap: HF generate's own log-probs of its samples against the trainer's
+    π_θold; at T ≠ 1 it is ~1e-7 only because scoring divides by the temperature too."""
+    run.main(small("grpo", tiny_model, tmp_path, "--temperature", temperature),
+             reward_fn=parity_reward)
+    metrics, _ = read(tmp_path / "grpo")
+    gaps = [metrics[s][records.ROLLOUT_LOGP_GAP] for s in (1, 2)]
+    assert all(0 <= g < 1e-5 for g in gaps), gaps
+
+
 def test_overlong_demos_are_truncated_and_counted(tiny_model, tmp_path):
     run.main(small("sft", tiny_model, tmp_path, "--max-new-tokens", "8"), reward_fn=const(0.0))
     metrics, _ = read(tmp_path / "sft")
@@ -147,8 +158,8 @@ def test_overlong_demos_are_truncated_and_counted(tiny_model, tmp_path):
 def test_nonfinite_losses_stop_the_run_and_keep_records(tiny_model, tmp_path, monkeypatch):
     real = policy.score
 
-    def nan_score(model, packed, value_head=None):
-        out = real(model, packed, value_head)
+    def nan_score(model, packed, value_head=None, **kw):
+        out = real(model, packed, value_head, **kw)
         return policy.Scored(out.logp * float("nan"), out.entropy, out.values)
 
     monkeypatch.setattr(loop, "score", nan_score)

@@ -48,8 +48,9 @@ def test_per_prompt_seeding_equals_one_call_per_prompt(tiny):
     prompts = [base.prompt_ids(tok, [{"role": "user", "content": task.make_problem(0, i).prompt}])
                for i in range(3)]
     comps, lps = SeededSampler(engine, per_prompt=True).sample(prompts, 2, 1.0, 1.0, 6, seed=5, first=3)
-    each = [engine.generate([p], 2, 1.0, 1.0, 6, 5 + 3 + i)[0] for i, p in enumerate(prompts)]
-    assert comps == each and lps is None  # HF generate: the trainer scores π_θold itself
+    each = [engine.generate_with_logprobs([p], 2, 1.0, 1.0, 6, 5 + 3 + i) for i, p in enumerate(prompts)]
+    assert comps == [c[0] for c, _ in each]
+    assert lps == [lp[0] for _, lp in each]  # the sampler's log-probs travel with the completions
     assert SeededSampler(engine).generate(prompts, 2, 1.0, 1.0, 6, seed=5) == engine.generate(
         prompts, 2, 1.0, 1.0, 6, 5)
     with pytest.raises(ValueError, match="--rollout-engine must be one of .'hf', 'vllm'., got 'tgi'"):

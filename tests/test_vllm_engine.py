@@ -20,6 +20,7 @@ import tempfile
 import pytest
 import torch
 
+import records
 from training import base, policy, task
 from training.rollout.hf import HFSampler
 from training.rollout.vllm_engine import VLLMSampler, model_state_for_vllm, save_model_dir
@@ -174,6 +175,27 @@ def test_sampled_logprobs_match_policy(env):
     assert gap < LOGP_TOL
 
 
+@pytest.mark.vllm
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_sampled_logprobs_match_policy_at_temperature(env, temperature):
+    """At T ≠ 1 the engine's log-probs are those of softmax(logits / T) (processed log-probs),
+    the distribution the trainer scores with ``policy.score(..., temperature=T)``."""
+    tok, model, sampler = env
+    sampler.sync_weights(model)
+    prompts = _prompts(tok, 4, seed=21)
+    comps = sampler.generate(prompts, 4, temperature, 1.0, MAX_NEW, seed=6)
+    flat_p = [p for p, c in zip(prompts, comps) for _ in c]
+    flat_c = [s for c in comps for s in c]
+    flat_lp = [lp for c in sampler.last_logprobs for lp in c]
+    packed = policy.pack(flat_p, flat_c, tok.pad_token_id)
+    with torch.no_grad():
+        logp = policy.score(model, packed, temperature=temperature).logp
+    want = [logp[i, :len(c)].tolist() for i, c in enumerate(flat_c)]
+    gap = _max_logp_gap(flat_lp, want)
+    print(f"\nsampled (T={temperature}): max |dlogp| {gap:.2e}")
+    assert gap < 1e-5
+
+
 def _lora_policy(model, tok):
     """A LoRA policy on a copy of ``model`` whose adapter took one step (so ΔW ≠ 0)."""
     from peft import LoraConfig, get_peft_model
@@ -260,7 +282,7 @@ def _check_synced_run(run_dir) -> None:
     steps = [m for m in metrics if "grad/norm" in m]
     assert [m["step"] for m in steps] == [1, 2]
     assert all(math.isfinite(m["grad/norm"]) and m["grad/norm"] > 0 for m in steps)
-    gaps = [m["rollout/engine_logp_gap"] for m in steps]
+    gaps = [m[records.ROLLOUT_LOGP_GAP] for m in steps]
     print(f"engine/policy log-prob gap per step: {gaps}")
     assert all(g < GAP_TOL for g in gaps), gaps
     config = json.loads((run_dir / "config.json").read_text())

@@ -212,41 +212,53 @@ class Rollouts:
 
 class StepMetrics(dict):
     """The step's metrics row (records keys), filled by the phases of the step; also the gate's
-    decisions (group → "sft" | "rl") and the token sums behind train/entropy and train/demo_nll."""
+    decisions (group → "sft" | "rl") and the token sums behind train/entropy, train/demo_nll
+    and rollout/logp_gap."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.gates: dict = {}
-        self.sums = torch.zeros(4, dtype=torch.float64)  # Σ entropy, tokens, demo NLL, demo tokens
+        self.sums = torch.zeros(6, dtype=torch.float64)  # see `tokens`
 
     def add(self, key: str, value: float) -> None:
         self[key] = self.get(key, 0.0) + value
 
     def token_means(self, dist) -> dict:
-        """train/entropy over the response tokens scored this step and train/demo_nll over
-        their demonstration tokens, over all ranks."""
-        ent, n, nll, n_demo = dist.sum_tensor(self.sums).tolist()  # one collective
+        """train/entropy over the response tokens scored this step, train/demo_nll over their
+        demonstration tokens and rollout/logp_gap over their rollout tokens, over all ranks."""
+        ent, n, nll, n_demo, gap, n_gap = dist.sum_tensor(self.sums).tolist()  # one collective
         out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
         if n_demo > 0:
             out[records.TRAIN_DEMO_NLL] = nll / n_demo
+        if n_gap > 0:
+            out[records.ROLLOUT_LOGP_GAP] = gap / n_gap
         return out
 
-    def tokens(self, scored, mask: torch.Tensor, is_demo: torch.Tensor) -> None:
-        """Add the entropy and demonstration NLL of scored rows to the step's sums."""
-        demo = is_demo[:, None] * mask
+    def tokens(self, scored, b: Batch, known: bool) -> None:
+        """Add the entropy and demonstration NLL of scored rows (``b``: their Batch, π_θold =
+        the scored log-probs) to the step's sums, and, when the sampler returned its log-probs
+        (``known``), Σ |log p_sampler − log π_θold| over their rollout tokens."""
+        T = scored.logp.shape[1]
+        mask = b.mask[:, :T]
+        demo = b.is_demo[:, None] * mask
+        roll = b.rollouts[:, None] * mask * float(known)
         with torch.no_grad():
+            gap = (b.logp_behavior[:, :T] - b.logp_old[:, :T]).abs() * roll
             self.sums += torch.stack([(scored.entropy * mask).sum(), mask.sum(),
-                                      -(scored.logp * demo).sum(), demo.sum()]).double().cpu()
+                                      -(scored.logp * demo).sum(), demo.sum(), gap.sum(),
+                                      roll.sum()]).double().cpu()
 
 
 @dataclass
 class StepBatch:
     """The step's rows as the model sees them (``packed``) and as the estimator sees them
-    (``batch``, with π_θold); ``one_pass``: π_θold comes from the gradient pass itself."""
+    (``batch``, with π_θold); ``one_pass``: π_θold comes from the gradient pass itself;
+    ``sampler_logp``: the rollouts carry the sampler's log-probs (``batch.logp_behavior``)."""
 
     packed: Packed
     batch: object
     one_pass: bool
+    sampler_logp: bool = False
 
 
 @dataclass
@@ -261,6 +273,7 @@ class MiniBatch:
     trained: torch.Tensor
     target: object
     one_pass: bool
+    sampler_logp: bool = False
 
 
 def _first_groups(rows: list[Row], k: int) -> list[Row]:
@@ -293,11 +306,3 @@ def _rollout_metrics(rows: list[Row], max_new_tokens: int) -> dict:
             records.ROLLOUT_CLIP_FRACTION: sum(r.clipped for r in roll) / len(roll),
             records.ROLLOUT_ALL_EQUAL: all_equal_fraction(roll),
             records.ROLLOUT_SAMPLES: len(roll)}
-
-
-def engine_gap(b: Batch, dist) -> float:
-    """Mean |log p_engine − log π_θold| over the rollout tokens of every rank."""
-    tok = b.mask * b.rollouts[:, None].to(b.mask.dtype)
-    sums = torch.stack([((b.logp_behavior - b.logp_old).abs() * tok).sum(), tok.sum()]).double()
-    gap, n = dist.sum_tensor(sums).tolist()
-    return gap / max(n, 1.0)

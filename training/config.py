@@ -87,7 +87,9 @@ class RunConfig:
     # scale (docs/scale.md)
     profile: str = _f("", "hyper-parameter profile (training/profiles.py), e.g. paper-qwen2.5-math-1.5b; explicit flags win")
     device: str = _f("auto", "auto (CUDA when available) | cpu | cuda | cuda:N; a GPU profile refuses to start without CUDA unless --device cpu")
-    dtype: str = _f("float32", "parameter dtype: float32 | bfloat16 | float16 (log-probs and the loss stay float32)")
+    dtype: str = _f("float32", "forward precision: float32 | bfloat16 (autocast; parameters, gradients and AdamW state stay float32; log-probs float32) | float16 (no loss scaling)")
+    attn_implementation: str = _f("auto", "attention kernel: auto (CUDA: FlashAttention 2 when flash_attn is installed, else sdpa; CPU: eager, bit-reproducible on resume) | sdpa | eager | flash_attention_2")
+    gradient_checkpointing: bool = _f(False, "recompute decoder-layer activations in the backward pass (less activation memory, about a third more compute)")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch fully_shard); full-parameter GRPO-family/SFT/HPT runs under torchrun/accelerate")
     rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.rollout.vllm_engine)")
     tis_cap: float = _f(2.0, "truncated importance sampling cap when the engine returns behaviour log-probs")
@@ -287,6 +289,8 @@ ALLOWED: dict[str, Any] = {
     "device": Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
     "dtype": OneOf(("float32", "bfloat16", "float16")),
     "fsdp": FLAG,
+    "attn_implementation": OneOf(("auto", "sdpa", "eager", "flash_attention_2")),
+    "gradient_checkpointing": FLAG,
     "rollout_engine": OneOf(("hf", "vllm")),
     "tis_cap": POSITIVE,
     "seed_per_prompt": FLAG,

@@ -174,7 +174,7 @@ class Trainer:
             packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows],
                           self.tok.pad_token_id).to(self.model.device)
             k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
-            sb = self.old_batch(stage, rollouts, packed, self.one_pass(stage, k, rollouts), m)
+            sb = self.old_batch(stage, rollouts, packed, self.one_pass(stage, k), m)
             if sb is None:
                 return self.skip_nonfinite(m, "log-probs of the batch are not finite")
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
@@ -192,32 +192,33 @@ class Trainer:
             m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in decisions) / len(decisions)
         return m
 
-    def one_pass(self, stage: Stage, k: int, rollouts: Rollouts) -> bool:
-        """One epoch over one mini-batch, no old values (critic), no engine log-probs: every
-        row is scored once with gradients, at θ = θ_old, so that pass also gives π_θold (as TRL
-        does with ``num_iterations=1``) and the separate no-grad scoring pass is skipped. With
-        engine log-probs the gap to π_θold is measured over the whole batch first."""
+    def one_pass(self, stage: Stage, k: int) -> bool:
+        """One epoch over one mini-batch, no old values (critic), no plan that reads π_θold:
+        every row is scored once with gradients, at θ = θ_old, so that pass also gives π_θold
+        (as TRL does with ``num_iterations=1``) and the separate no-grad scoring pass is
+        skipped; the sampler's log-probs (TIS, ``rollout/logp_gap``) are compared with it there."""
         return (stage.epochs == 1 and k == 1 and not stage.critic.needs_old_values
-                and not rollouts.engine_logp and not stage.est.plan_reads_old)
+                and not stage.est.plan_reads_old)
 
     def old_batch(self, stage: Stage, rollouts: Rollouts, packed: Packed, one_pass: bool,
                   m: StepMetrics) -> Optional[StepBatch]:
-        """The step's Batch with π_θold (and old values, engine log-probs); None when the
-        log-probs are not finite on some rank."""
-        rows = rollouts.rows
+        """The step's Batch with π_θold (and old values, the sampler's log-probs); None when
+        the log-probs are not finite on some rank."""
+        rows, known = rollouts.rows, rollouts.engine_logp
         if one_pass:  # π_θold = π_θ: the grad pass gives the old log-probs
             full = batching.to_batch(rows, torch.zeros_like(packed.mask), packed.mask,
                                      None, self.reference.logp(packed))
-            return StepBatch(packed, full, True)
+            if known:
+                full = full.replace(logp_behavior=rollouts.behavior_logp(full.logp_old))
+            return StepBatch(packed, full, True, known)
         old = self.score_no_grad(packed, stage.critic.head)
         if not self.dist.all_true(bool(torch.isfinite(old.logp).all())):
             return None
         full = batching.to_batch(rows, old.logp, packed.mask, old.values, self.reference.logp(packed))
-        if rollouts.engine_logp:
+        if known:
             full = full.replace(logp_behavior=rollouts.behavior_logp(old.logp))
-            m[records.ROLLOUT_ENGINE_GAP] = batching.engine_gap(full, self.dist)
-        m.tokens(old, packed.mask, full.is_demo)
-        return StepBatch(packed, full, False)
+        m.tokens(old, full, known)
+        return StepBatch(packed, full, False, known)
 
     def mini_batch(self, stage: Stage, sb: StepBatch, mb: torch.Tensor, m: StepMetrics) -> MiniBatch:
         """Rows ``mb`` planned once (normalisers over every rank); the gate decides here."""
@@ -228,7 +229,7 @@ class Trainer:
         _gate_metrics(sub, trained, m)
         m.gates.update(plan.labels())
         return MiniBatch(stage, _select_packed(sb.packed, mb, trim=False), sub, plan, trained,
-                         stage.critic.target(stage, plan, n_tok), sb.one_pass)
+                         stage.critic.target(stage, plan, n_tok), sb.one_pass, sb.sampler_logp)
 
     def optimise(self, mini: MiniBatch, m: StepMetrics) -> bool:
         """Accumulate the gradient of one mini-batch over micro-batches, then one optimizer
@@ -238,7 +239,8 @@ class Trainer:
             if micro is None:  # FSDP: this rank has fewer micro-batches than another
                 self.zero_pass(mini.packed, grad=True)
                 continue
-            s = score(self.model, _select_packed(mini.packed, micro), mini.stage.critic.head)
+            s = score(self.model, _select_packed(mini.packed, micro), mini.stage.critic.head,
+                      temperature=self.cfg.temperature)
             loss = self.micro_loss(mini, micro, s, m)
             if loss is None:  # non-finite log-probs or loss: the step is dropped
                 finite = False
@@ -263,9 +265,11 @@ class Trainer:
         T = b.mask.shape[1]
         b = b.replace(logp=F.pad(s.logp, (0, T - s.logp.shape[1])),
                       entropy=F.pad(s.entropy, (0, T - s.entropy.shape[1])) if mini.stage.entropy else None)
-        if mini.one_pass:
-            b = b.replace(logp_old=b.logp.detach())
-            m.tokens(s, b.mask[:, :s.logp.shape[1]], b.is_demo)
+        if mini.one_pass:  # π_θold = these log-probs; rows without sampler log-probs: ratio 1
+            old = b.logp.detach()
+            b = b.replace(logp_old=old, logp_behavior=torch.where(
+                b.is_demo[:, None] | (not mini.sampler_logp), old, b.logp_behavior))
+            m.tokens(s, b, mini.sampler_logp)
         out = mini.stage.est(b, mini.plan.select(micro))
         loss = out.loss + mini.target.loss(s, micro, b.mask, m)
         if not bool(torch.isfinite(loss)):
@@ -295,7 +299,8 @@ class Trainer:
                 if idx is None:
                     self.zero_pass(packed, grad=False)
                     continue
-                parts.append(score(self.model, _select_packed(packed, idx, trim=False), critic_head))
+                parts.append(score(self.model, _select_packed(packed, idx, trim=False), critic_head,
+                                   temperature=self.cfg.temperature))
         cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
         return type(parts[0])(cat([p.logp for p in parts]), cat([p.entropy for p in parts]),
                               cat([p.values for p in parts]))
@@ -303,7 +308,7 @@ class Trainer:
     def zero_pass(self, packed: Packed, grad: bool) -> None:
         """A forward (and, with ``grad``, backward) pass on one row with zero weight: it takes
         part in FSDP's collectives and adds nothing to the gradient."""
-        s = score(self.model, _select_packed(packed, torch.arange(1)))
+        s = score(self.model, _select_packed(packed, torch.arange(1)), temperature=self.cfg.temperature)
         if grad:
             (s.logp.sum() * 0.0).backward()
 

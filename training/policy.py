@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import position_ids
+from .logprobs import CHUNK_BYTES, token_logp_entropy
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -80,37 +81,108 @@ class ValueHead(nn.Module):
         return self.net(hidden.detach()).squeeze(-1)
 
 
-def score(model, packed: Packed, value_head: Optional[ValueHead] = None) -> Scored:
-    """Log-probs and entropies of the response tokens (differentiable when grad is enabled)."""
+def score(model, packed: Packed, value_head: Optional[ValueHead] = None,
+          temperature: float = 1.0, chunk_bytes: int = CHUNK_BYTES) -> Scored:
+    """Log-probs and entropies of the response tokens under the *sampled* distribution
+    softmax(logits / ``temperature``) — the one the rollout engine drew them from (HF
+    ``generate`` and vLLM divide the logits by the temperature before sampling; so does TRL
+    before its log-softmax), so π_θold, π_θ and the engine's log-probs are one distribution.
+    Differentiable when grad is enabled; float32 whatever the model's dtype or autocast.
+
+    The output layer is never applied to the whole sequence: a hook takes the last hidden
+    states at its input, lets the layer run on zero positions, and `token_logp_entropy` scores
+    the response tokens in chunks (no [B, T, V] tensor; see ``training.logprobs``)."""
     P, T = packed.prompt_width, packed.width
-    out = model(input_ids=packed.ids, attention_mask=packed.attention, position_ids=packed.positions,
-                output_hidden_states=value_head is not None, use_cache=False,
-                logits_to_keep=T + 1)
-    logits = out.logits[:, :T].float()  # the last T+1 columns; column P+t-1 predicts token t
-    logprobs = torch.log_softmax(logits, -1)
-    target = packed.ids[:, P:P + T]
-    logp = logprobs.gather(-1, target[..., None]).squeeze(-1) * packed.mask
-    entropy = -(logprobs.exp() * logprobs).sum(-1) * packed.mask
+    head = model.get_output_embeddings()
+    _check_plain_head(model)
+    got = {}
+
+    def take_hidden(module, args):
+        got["hidden"] = args[0]
+        return (args[0][:, :0],) + tuple(args[1:])  # the head runs on no position
+
+    def head_logprobs(module, args, output):  # inside the forward: FSDP has the head gathered
+        hidden = got["hidden"][:, :T]  # the last T+1 columns; column P+t-1 predicts token t
+        got["hidden"] = hidden
+        got["out"] = token_logp_entropy(hidden, module.weight, module.bias,
+                                        packed.ids[:, P:P + T], packed.mask, temperature,
+                                        chunk_bytes)
+
+    hooks = [head.register_forward_pre_hook(take_hidden), head.register_forward_hook(head_logprobs)]
+    try:
+        model(input_ids=packed.ids, attention_mask=packed.attention, position_ids=packed.positions,
+              use_cache=False, logits_to_keep=T + 1)
+    finally:
+        for h in hooks:
+            h.remove()
+    logp, entropy = got["out"]
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:, P - 1:P + T - 1].float()) * packed.mask
+        values = value_head(got["hidden"].float()) * packed.mask
     return Scored(logp, entropy, values)
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# config fields that transform the logits after the output layer (not modelled by `score`)
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                     "lm_head_multiplier", "logits_scaling")
+
+
+def _check_plain_head(model) -> None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    used = [k for k in _LOGIT_TRANSFORMS if getattr(cfg, k, None) not in (None, 1, 1.0)]
+    if used:
+        raise ValueError(f"{type(model).__name__}: training.policy.score does not apply the "
+                         f"config's {used} to the logits; such models are not supported yet")
+
+
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def attention_implementation(name: str = "auto") -> str:
+    """``--attn-implementation``: auto → on CUDA, FlashAttention 2 when ``flash_attn`` is
+    installed, else torch's scaled-dot-product attention (SDPA; no [B, heads, T, T] weights);
+    on the CPU eager attention, because torch's CPU SDPA kernel is not bit-reproducible across
+    processes in ``generate`` (a resumed run's sampled-token log-probs moved by ~1e-9, so it
+    would no longer replay the uninterrupted run exactly); or one of them by name."""
+    if name not in ATTENTION:
+        raise ValueError(f"--attn-implementation must be one of {ATTENTION}, got {name!r}")
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return "eager"
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute every decoder layer's activations in the backward pass (non-reentrant
+    ``torch.utils.checkpoint``): activation memory of one layer instead of all of them."""
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
 def load_model(path: str, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
-               dtype: str = "float32"):
+               dtype: str = "float32", attn_implementation: str = "auto",
+               gradient_checkpointing: bool = False):
     """An HF causal LM from a local path (offline), full-parameter or wrapped with a LoRA adapter
-    on every attention/MLP projection (peft). Eager attention; ``dtype`` float32 | bfloat16 |
-    float16 (log-probs are always computed in float32)."""
+    on every attention/MLP projection (peft). ``dtype`` is the parameters' storage dtype:
+    training keeps float32 master weights and gets bfloat16 compute from
+    ``training.precision.autocast_forward``; log-probs are always float32.
+    ``attn_implementation``: see `attention_implementation`. ``gradient_checkpointing``:
+    recompute each decoder layer's activations in the backward pass (non-reentrant)."""
     from transformers import AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype],
-                                                 attn_implementation="eager")
+    from .precision import compute_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=compute_dtype(dtype),
+        attn_implementation=attention_implementation(attn_implementation))
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
@@ -135,23 +207,25 @@ def load_tokenizer(path: str):
 @dataclass
 class Reference:
     """The initial policy π_ref for a KL term: LoRA → the base with the adapter disabled (no copy);
-    full-parameter → a frozen copy made at construction."""
+    full-parameter → a frozen copy made at construction. Scored at the rollout ``temperature``
+    like the policy (TRL's reference log-probs are too)."""
 
     model: object
     lora: bool
+    temperature: float = 1.0
 
     @classmethod
-    def of(cls, model, lora: bool) -> "Reference":
+    def of(cls, model, lora: bool, temperature: float = 1.0) -> "Reference":
         if lora:
-            return cls(model, True)
+            return cls(model, True, temperature)
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)
-        return cls(ref, False)
+        return cls(ref, False, temperature)
 
     @torch.no_grad()
     def logp(self, packed: Packed) -> Tensor:
         if self.lora:
             with self.model.disable_adapter():
-                return score(self.model, packed).logp
-        return score(self.model, packed).logp
+                return score(self.model, packed, temperature=self.temperature).logp
+        return score(self.model, packed, temperature=self.temperature).logp

