@@ -10,6 +10,8 @@ this package and nothing else of the project.
 ``records.passk``           the one pass@k: unbiased estimator, bootstrap CIs, crossing k*
                             (numpy; its pandas curve tables import pandas when called)
 ``records.tables``          run directories -> pandas frames (metrics, eval, samples, probes)
+``records.checks``          field-type tables of the record rows; reading a jsonl file into a
+                            frame, malformed rows skipped with a note
 ``records.summary``         one row per run: method, model, final accuracy, wall time
 ==========================  ==============================================================
 

@@ -4,7 +4,8 @@ Launch (the commands)
     ``run``          ``python -m training.run PRESET``: builds the run's objects, launches the loop
     ``eval``         ``python -m training.eval``: the paper's benchmark evaluation (the harness)
     ``compare``      ``python -m training.compare``: several presets × seeds, one table
-    ``config``       `RunConfig`: every flag, one typed dataclass; ``profiles``: the paper's set-ups
+    ``config``       `RunConfig`: every flag, one typed dataclass; ``profiles``: the paper's set-ups;
+                     ``ranges``: the flags' allowed values; ``resume``: what a resume may change
 
 The loop (the paper's Algorithm 1)
     ``loop``         `Trainer.step`: sample → score → gate → plan → micro-batches → backward →

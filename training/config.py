@@ -2,24 +2,25 @@
 
     cfg = parse_args(["hpt", "--steps", "50"])      # preset name first, then --field-name value
 
-Every field has an allowed range (``ALLOWED``, declared right after the fields), and ranges that
-hold only when the run samples rollouts (``ALLOWED_WHEN_SAMPLING``); ``parse_args`` checks them
-before any work starts and stops with one line naming the flag, the value and the range.
+Every field has an allowed range (``ALLOWED``, declared right after the fields, built from the
+range types of :mod:`training.ranges`), and ranges that hold only when the run samples rollouts
+(``ALLOWED_WHEN_SAMPLING``); ``parse_args`` checks them before any work starts and stops with one
+line naming the flag, the value and the range. With ``--resume`` the run's saved config is taken,
+changed only as :mod:`training.resume` allows.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
 import estimators
 
 from .batching import group_layout
 from .profiles import PROFILES
+from .ranges import (AT_LEAST_0, AT_LEAST_1, FLAG, FRACTION, POSITIVE, PROBABILITY, Between,
+                     ConfigError, ExistingPath, Matches, ModelSource, OneOf, flag)
+from .resume import resume_config, saved_config
 
 TWO_STAGE = {"sft_then_grpo": ("sft", "grpo")}
 
@@ -141,102 +142,7 @@ def preset_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------- allowed values
-
-
-class ConfigError(ValueError):
-    """A field outside its allowed range; the message names the flag, the value and the range."""
-
-
-@dataclass(frozen=True)
-class Between:
-    """A number in [lo, hi] (an end may be open or absent); NaN never, ±inf only if ``inf``."""
-
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    lo_open: bool = False
-    inf: bool = False
-
-    def problem(self, v: Any) -> Optional[str]:
-        number = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
-        ok = (number and (self.inf or math.isfinite(v))
-              and (self.lo is None or (v > self.lo if self.lo_open else v >= self.lo))
-              and (self.hi is None or v <= self.hi))
-        return None if ok else f"must be {self}"
-
-    def __str__(self) -> str:
-        show = lambda x: str(x) if isinstance(x, int) else f"{x:g}"  # noqa: E731
-        if self.lo is None and self.hi is None:
-            return "a finite number"
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '≥'} {show(self.lo)}" + (" (or inf)" if self.inf else "")
-        return f"in {'(' if self.lo_open else '['}{show(self.lo)}, {show(self.hi)}]"
-
-
-@dataclass(frozen=True)
-class OneOf:
-    choices: tuple
-
-    def problem(self, v: Any) -> Optional[str]:
-        return None if v in self.choices else "must be one of " + ", ".join(
-            repr(c) if c == "" else str(c) for c in self.choices)
-
-
-@dataclass(frozen=True)
-class Matches:
-    """A string matching ``pattern`` (described as ``what``)."""
-
-    pattern: str
-    what: str
-
-    def problem(self, v: Any) -> Optional[str]:
-        return None if isinstance(v, str) and re.fullmatch(self.pattern, v) else f"must be {self.what}"
-
-
-@dataclass(frozen=True)
-class ExistingPath:
-    """Empty, or an existing file or directory (``dir_only``: a directory)."""
-
-    dir_only: bool = False
-
-    def problem(self, v: Any) -> Optional[str]:
-        if not v:
-            return None
-        path = Path(v).expanduser()
-        if self.dir_only and not path.is_dir():
-            return "no such directory"
-        return None if path.exists() else "no such file or directory"
-
-
-class ModelSource:
-    """Empty (the embedded base), a local model directory, or a Hugging Face hub id; offline
-    (HF_HUB_OFFLINE) the id must already be in the local cache."""
-
-    def problem(self, v: Any) -> Optional[str]:
-        if not v:
-            return None
-        path = Path(v).expanduser()
-        if path.exists():
-            saved = any((path / f).is_file() for f in ("config.json", "adapter_config.json"))
-            return None if saved else (f"{path} has no config.json (nor adapter_config.json): "
-                                       "give a directory saved with save_pretrained")
-        if v.startswith((".", "/", "~")) or v.count("/") > 1:
-            return "no such directory"
-        from huggingface_hub import constants, snapshot_download
-
-        if not constants.HF_HUB_OFFLINE:
-            return None                        # a hub id: downloaded (or taken from the cache)
-        try:
-            snapshot_download(v, local_files_only=True)
-        except Exception:  # noqa: BLE001 - any miss of the offline cache means the same thing
-            return (f"not a local directory, and HF_HUB_OFFLINE is set but the hub id is not in "
-                    f"the local cache ({constants.HF_HUB_CACHE}); download it where there is "
-                    "network and pass the directory")
-        return None
-
-
-FLAG = OneOf((False, True))
-AT_LEAST_0, AT_LEAST_1, POSITIVE = Between(0), Between(1), Between(0, lo_open=True)
-FRACTION, PROBABILITY = Between(0, 1), Between(0, 1, lo_open=True)
+# The range types are `training.ranges`; a resumed run's config is `training.resume`.
 
 # Every field's allowed values (``None`` — the preset's own value — is always allowed).
 ALLOWED: dict[str, Any] = {
@@ -306,10 +212,6 @@ ALLOWED_WHEN_SAMPLING: dict[str, Any] = {
 }
 SAMPLING_WHY = ("which samples rollouts (greedy rollouts of a group are identical: zero "
                 "advantage, no gradient)")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def check(cfg: "RunConfig") -> None:
@@ -407,53 +309,3 @@ def explicit_fields(argv: Optional[list[str]] = None) -> set:
     for a in p._actions:
         a.default = None if a.dest == "preset" else argparse.SUPPRESS
     return {k for k, v in vars(p.parse_args(argv)).items() if not (k == "preset" and v is None)}
-
-
-# --------------------------------------------------------------------------------- resume
-
-# Fields a resume may change (anything else would make the run a different run than its records
-# say): field -> the condition on (before, after) under which the change is accepted.
-RESUME_MAY_CHANGE = {
-    "steps": lambda before, after: after >= before,  # more steps extend the run
-    "progress": lambda before, after: True,
-    "threads": lambda before, after: True,
-    "save_every": lambda before, after: True,
-    "keep_checkpoints": lambda before, after: True,
-    "resume": lambda before, after: True,
-}
-
-
-def saved_config(run_dir: str) -> dict:
-    """The resolved config a run recorded in its config.json (for `resume_config`)."""
-    import records
-
-    saved = records.read_config(run_dir).get("config")
-    if not saved:
-        raise FileNotFoundError(f"{run_dir}: no {records.CONFIG} to resume from")
-    return saved
-
-
-def resume_config(now: RunConfig, saved: dict, given: Optional[set] = None) -> tuple[RunConfig, dict]:
-    """(config of the resumed run, {field: [before, after]} of the accepted changes): the saved
-    config, with the ``given`` fields of ``now`` (default: those that differ from RunConfig's
-    defaults) that differ from it applied when `RESUME_MAY_CHANGE` allows it. Any other change
-    is refused with one message naming every such field."""
-    unknown = sorted(set(saved) - {f.name for f in fields(RunConfig)})
-    if unknown:
-        raise SystemExit(f"--resume {now.resume}: its config has fields this version does not know: "
-                         f"{', '.join(unknown)}")
-    before = RunConfig(**{**saved, "resume": now.resume})
-    default = RunConfig()
-    if given is None:
-        given = {f.name for f in fields(RunConfig) if getattr(now, f.name) != getattr(default, f.name)}
-    changed = {k: [getattr(before, k), getattr(now, k)] for k in sorted(given)
-               if getattr(now, k) != getattr(before, k)}
-    refused = [k for k, (b, a) in changed.items() if not RESUME_MAY_CHANGE.get(k, lambda *_: False)(b, a)]
-    if refused:
-        flag = lambda k: k if k == "preset" else "--" + k.replace("_", "-")  # noqa: E731
-        what = ", ".join(f"{flag(k)} {changed[k][1]!r} (the run has {changed[k][0]!r})" for k in refused)
-        raise SystemExit(f"--resume {now.resume}: cannot change {what}; a resumed run keeps its "
-                         "config except more --steps, --progress, --threads, --save-every and "
-                         "--keep-checkpoints (start a new run to change anything else)")
-    changed.pop("resume", None)
-    return dataclasses.replace(before, **{k: a for k, (_, a) in changed.items()}), changed

@@ -31,12 +31,13 @@ import records  # noqa: E402
 
 from . import base, checkpoint, data, distributed, precision, resources, task  # noqa: E402
 from .backends import Critic, NoCritic, NoReference, make_backend  # noqa: E402
-from .config import RunConfig, parse_args, resume_config, saved_config  # noqa: E402
+from .config import RunConfig, parse_args  # noqa: E402
 from .loop import RunStopped, Trainer  # noqa: E402
 from .machine import resolve_device, versions  # noqa: E402
 from .progress import Timers  # noqa: E402
 from .policy import Reference, ValueHead, load_model, load_tokenizer  # noqa: E402
 from .reward import BoxedReward  # noqa: E402
+from .resume import resume_config, saved_config  # noqa: E402
 from .rollout import engines, make_prompt_fn, make_sampler  # noqa: E402
 from .stages import make_stages  # noqa: E402
 
@@ -68,7 +69,7 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
     """Every object of the run, chosen from the config (resuming when ``cfg.resume``)."""
     timers = Timers()
     resumed = {}
-    if cfg.resume:  # the run's own config; a changed field is refused (config.resume_config)
+    if cfg.resume:  # the run's own config; a changed field is refused (resume.resume_config)
         cfg, resumed = resume_config(cfg, saved_config(cfg.resume))
     threads, why = (cfg.threads, "--threads") if cfg.threads else resources.auto_threads()
     torch.set_num_threads(threads)
