@@ -174,7 +174,7 @@ class Trainer:
             packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows],
                           self.tok.pad_token_id).to(self.model.device)
             k = self.dist.smallest(min(self.cfg.mini_batches, len(batching.groups_of(rows))))
-            sb = self.old_batch(stage, rollouts, packed, self.one_pass(stage, k), m)
+            sb = self.old_batch(stage, rollouts, packed, self.one_pass(stage, k, rollouts), m)
             if sb is None:
                 return self.skip_nonfinite(m, "log-probs of the batch are not finite")
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
@@ -192,13 +192,16 @@ class Trainer:
             m[records.GATE_SFT_FRACTION] = sum(v == "sft" for v in decisions) / len(decisions)
         return m
 
-    def one_pass(self, stage: Stage, k: int) -> bool:
+    def one_pass(self, stage: Stage, k: int, rollouts: Rollouts) -> bool:
         """One epoch over one mini-batch, no old values (critic), no plan that reads π_θold:
         every row is scored once with gradients, at θ = θ_old, so that pass also gives π_θold
         (as TRL does with ``num_iterations=1``) and the separate no-grad scoring pass is
-        skipped; the sampler's log-probs (TIS, ``rollout/logp_gap``) are compared with it there."""
+        skipped; the sampler's log-probs (``rollout/logp_gap``) are compared with it there, over
+        the rows trained. An engine with its own copy of the weights (vLLM) is checked over every
+        rollout of the step instead, so its steps keep the separate pass."""
         return (stage.epochs == 1 and k == 1 and not stage.critic.needs_old_values
-                and not stage.est.plan_reads_old)
+                and not stage.est.plan_reads_old
+                and not (rollouts.engine_logp and self.sampler.own_weights))
 
     def old_batch(self, stage: Stage, rollouts: Rollouts, packed: Packed, one_pass: bool,
                   m: StepMetrics) -> Optional[StepBatch]:

@@ -48,6 +48,11 @@ class SeededSampler:
         """The completions of `sample` alone."""
         return self.sample(prompts, n, temperature, top_p, max_new_tokens, seed, first)[0]
 
+    @property
+    def own_weights(self) -> bool:
+        """The engine samples from its own copy of the weights (vLLM), not the training model."""
+        return self.inner.own_weights
+
     def sync_weights(self, model) -> None:
         self.inner.sync_weights(model)
 

@@ -20,6 +20,7 @@ import torch
 
 class Sampler(Protocol):
     seeds_per_prompt: bool  # accepts ``prompt_seeds=`` (one seed per prompt, one call)
+    own_weights: bool       # samples from its own copy of the weights (synced after each step)
 
     def generate(self, prompts_token_ids: list[list[int]], n: int, temperature: float, top_p: float,
                  max_new_tokens: int, seed: int) -> list[list[list[int]]]: ...
@@ -95,6 +96,7 @@ class HFSampler:
     stop_ids: Optional[list] = None
 
     seeds_per_prompt = False
+    own_weights = False  # samples from the training model itself
 
     def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed):
         return self.generate_with_logprobs(prompts_token_ids, n, temperature, top_p,

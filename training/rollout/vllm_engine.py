@@ -287,6 +287,7 @@ class VLLMSampler:
         return comps
 
     seeds_per_prompt = True  # `SeededSampler` may pass ``prompt_seeds`` (one engine call)
+    own_weights = True  # the engine's copy of the weights, pushed after every optimizer step
 
     # --- weight sync --------------------------------------------------------------------------
     def sync_weights(self, model) -> None:
