@@ -16,7 +16,10 @@ The loop (the paper's Algorithm 1)
     ``backends``     chosen at construction: process layout (`Replicated` | `Sharded` FSDP),
                      `Critic` | `NoCritic`, `NoReference`
     ``distributed``  data parallelism (`SingleProcess` | `TorchDistributed`), FSDP helpers
-    ``policy``       the HF model: packing, log-probs, LoRA/full loading, value head, π_ref
+    ``policy``       the HF model: packing, log-probs at the rollout temperature, LoRA/full
+                     loading (SDPA, gradient checkpointing), value head, π_ref
+    ``logprobs``     the chunked output layer: token log-probs and entropies, never [B, T, V]
+    ``precision``    ``--dtype``: bf16/fp16 autocast over float32 master weights
     ``checkpoint``   save/restore in the ecosystem's formats (checksummed); ``machine``: device,
                      versions; ``resources``: the torch thread count;
     ``progress``     timers and the progress bar
