@@ -195,7 +195,9 @@ def _append_lines(path: Path, rows: Iterable[dict]) -> int:
     return text.count("\n")
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` to ``path`` as JSON, atomically: a temporary file, fsync, then rename."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -203,11 +205,6 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def write_json(path: Path | str, obj: Any) -> None:
-    """Write ``obj`` to ``path`` as JSON, atomically: a temporary file, fsync, then rename."""
-    _write_json_atomic(Path(path), obj)
 
 
 @dataclass
@@ -221,7 +218,7 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: dict) -> None:
-        _write_json_atomic(self.run_dir / CONFIG, config)
+        write_json(self.run_dir / CONFIG, config)
 
     def log_metrics(self, step: int, metrics: dict) -> None:
         row = {"step": int(step), "time": time.time(), **metrics}
@@ -250,7 +247,7 @@ class RunWriter:
         self._running = state == "running"
         now = time.time()
         try:
-            _write_json_atomic(self.run_dir / STATUS, {
+            write_json(self.run_dir / STATUS, {
                 "state": state, "step": step, "message": message, "time": now,
                 "pid": os.getpid(), "host": socket.gethostname(), "heartbeat": now})
             return True

