@@ -175,8 +175,14 @@ assert any(distributed.is_sharded(p) for p in model.parameters())
 got = model_state_for_vllm(model)
 bad = [k for k in full if not torch.equal(got[k], full[k])]
 print("rank", d.get_rank(), "tensors", len(got), "differ", bad, flush=True)
+ok = not bad and got.keys() == full.keys()
+# free the sharded model (its device mesh holds the gloo group) before the group is destroyed,
+# not during interpreter shutdown, where destroying gloo's threads can abort the process
+import gc
+del model, got, full
+gc.collect()
 d.destroy_process_group()
-sys.exit(1 if bad or got.keys() != full.keys() else 0)
+sys.exit(0 if ok else 1)
 """
 
 
