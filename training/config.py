@@ -21,6 +21,7 @@ from .profiles import PROFILES
 from .ranges import (AT_LEAST_0, AT_LEAST_1, FLAG, FRACTION, POSITIVE, PROBABILITY, Between,
                      ConfigError, ExistingPath, Matches, ModelSource, OneOf, flag)
 from .resume import resume_config, saved_config
+from .trackers import ReportTo
 
 TWO_STAGE = {"sft_then_grpo": ("sft", "grpo")}
 
@@ -39,6 +40,15 @@ class RunConfig:
     rebuild_base: bool = _f(False, "rebuild the embedded base model even if it is cached")
     train_data: str = _f("", "training rows (jsonl/json/parquet, OpenR1/verl format); empty = built-in task")
     eval_data: str = _f("", "held-out rows in the same format; empty = the built-in test split")
+    dataset: str = _f("", "training table with mapped columns (--prompt-column, ...): a local jsonl/json/parquet/csv "
+                          "file, a save_to_disk directory or a Hugging Face dataset name (offline: from the local cache); "
+                          "instead of --train-data")
+    dataset_split: str = _f("train", "--dataset: the split trained on")
+    eval_split: str = _f("", "--dataset: evaluate on this split of it (same columns); empty = --eval-data or the built-in test split")
+    prompt_column: str = _f("prompt", "--dataset: column of the prompt (text, or chat messages [{role, content}]); a.b = field b of column a")
+    answer_column: str = _f("answer", "--dataset: column of the verifier's ground-truth answer")
+    demo_column: str = _f("", "--dataset: column of the demonstration (text, or chat messages: the last assistant one); "
+                              "needed by presets that train on demonstrations (sft, hpt, luffy, ...)")
     lora_r: int = _f(0, "LoRA rank (peft); 0 = full-parameter training")
     lora_alpha: int = _f(16, "LoRA alpha")
     # sampling
@@ -82,9 +92,13 @@ class RunConfig:
     runs_dir: str = _f("runs", "where run directories are created")
     run_id: str = _f("", "run directory name; empty = <preset>-s<seed>-<time>")
     resume: str = _f("", "resume the run in this directory from its last intact checkpoint (its config; "
-                         "only --steps (more), --progress, --threads, --save-every, --keep-checkpoints may change)")
+                         "only --steps (more), --progress, --threads, --save-every, --keep-checkpoints, --report-to, "
+                         "--tracker-project may change)")
     threads: int = _f(0, "torch CPU threads (0 = chosen from the free cores: training/resources.py)")
     progress: bool = _f(True, "show a progress bar")
+    report_to: str = _f("none", "also send the metrics to these trackers (comma list): none | tensorboard | "
+                                "mlflow | wandb | trackio (offline/local without network; metrics.jsonl stays the record)")
+    tracker_project: str = _f("upge", "project (W&B, trackio) or experiment (MLflow) name of --report-to")
     # scale (docs/scale.md)
     profile: str = _f("", "hyper-parameter profile (training/profiles.py), e.g. paper-qwen2.5-math-1.5b; explicit flags win")
     device: str = _f("auto", "auto (CUDA when available) | cpu | cuda | cuda:N; a GPU profile refuses to start without CUDA unless --device cpu")
@@ -151,6 +165,12 @@ ALLOWED: dict[str, Any] = {
     "rebuild_base": FLAG,
     "train_data": ExistingPath(),
     "eval_data": ExistingPath(),
+    "dataset": Matches(r"(?s).*", "a file, directory or dataset name"),
+    "dataset_split": Matches(r"[\w.\-\[\]:%+]+", "a split name"),
+    "eval_split": Matches(r"[\w.\-\[\]:%+]*", "a split name"),
+    "prompt_column": Matches(r"[^\s]+", "a column name"),
+    "answer_column": Matches(r"[^\s]+", "a column name"),
+    "demo_column": Matches(r"[^\s]*", "a column name"),
     "lora_r": AT_LEAST_0,
     "lora_alpha": POSITIVE,
     "steps": AT_LEAST_1,
@@ -191,6 +211,8 @@ ALLOWED: dict[str, Any] = {
     "resume": ExistingPath(dir_only=True),
     "threads": AT_LEAST_0,
     "progress": FLAG,
+    "report_to": ReportTo(),
+    "tracker_project": Matches(r"[^/\\]+", "a plain name"),
     "profile": OneOf(("", *PROFILES)),
     "device": Matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
     "dtype": OneOf(("float32", "bfloat16", "float16")),
@@ -225,12 +247,30 @@ def check(cfg: "RunConfig") -> None:
         if problem:
             why = f" for {cfg.preset}, {SAMPLING_WHY}" if f.name in stricter else ""
             raise ConfigError(f"{flag(f.name)} {value}: {problem}{why}")
+    check_data(cfg)
     for stage in sampling_stages(cfg.preset):
         rollouts = group_layout(estimators.get(stage), cfg.n).rollouts
         if rollouts < 1:
             raise ConfigError(f"{flag('n')} {cfg.n}: must be ≥ {cfg.n - rollouts + 1} for {stage} "
                               f"(it puts {cfg.n - rollouts} demonstration(s) in each group of n "
                               "rows and needs at least one rollout)")
+
+
+def check_data(cfg: "RunConfig") -> None:
+    """Flags of the data that only make sense together: one training source, a split of a
+    --dataset to evaluate on, a demonstration column for presets that train on demonstrations."""
+    if cfg.dataset and cfg.train_data:
+        raise ConfigError(f"{flag('dataset')} and {flag('train_data')} both name training data: give one")
+    if cfg.eval_split and not cfg.dataset:
+        raise ConfigError(f"{flag('eval_split')} {cfg.eval_split}: is a split of {flag('dataset')}, which is not given")
+    if cfg.eval_split and cfg.eval_data:
+        raise ConfigError(f"{flag('eval_split')} and {flag('eval_data')} both name evaluation data: give one")
+    known = ALLOWED["preset"].problem(cfg.preset) is None
+    demos = [s for s in TWO_STAGE.get(cfg.preset, (cfg.preset,))
+             if group_layout(estimators.get(s), max(cfg.n, 2)).demo] if known else []
+    if cfg.dataset and not cfg.demo_column and demos:
+        raise ConfigError(f"{flag('dataset')}: {cfg.preset} trains on demonstrations ({', '.join(demos)}); "
+                          f"name their column with {flag('demo_column')}")
 
 
 def sampling_stages(preset: str) -> list[str]:

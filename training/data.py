@@ -9,6 +9,16 @@ A row (see `training.task` for a full example)::
 
 `load_examples(path)` reads jsonl / json / parquet and raises `DataError` naming the file, the
 row and the field for any malformed row. `Example` is what the trainer consumes.
+
+Any other table (``--dataset``: a local jsonl / json / parquet / csv file, a directory written by
+``datasets``' ``save_to_disk``, or a Hugging Face dataset name, offline from the local cache) is
+read with a column mapping (``--prompt-column``, ``--answer-column``, ``--demo-column``)::
+
+    examples = load_dataset("openai/gsm8k", "train", Columns(prompt="question", answer="answer"))
+
+A column holds plain text or chat messages ([{"role", "content"}, ...]); a dotted name reaches into
+a nested field (``reward_model.ground_truth``). `load_dataset` raises `DataError` naming the
+column, the source and its columns when a column is missing, and the row for a bad row.
 """
 from __future__ import annotations
 
@@ -116,6 +126,142 @@ def load_examples(path) -> list[Example]:
     if not rows:
         raise DataError(f"{path}: contains no rows")
     return [example_from_row(r, str(path), i) for i, r in enumerate(rows)]
+
+
+# ------------------------------------------------------------------- any table, mapped columns
+
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column of a table holds what. ``prompt``: text or chat messages (a conversation
+    that ends with assistant turns is taken up to them); ``answer``: the verifier's ground truth;
+    ``demo``: the demonstration, text or chat messages (its last assistant message); empty = the
+    table has none (presets that train on demonstrations refuse it)."""
+
+    prompt: str = "prompt"
+    answer: str = "answer"
+    demo: str = ""
+
+    def named(self) -> dict:
+        """flag → column, of the columns in use."""
+        return {f"--{k}-column": v for k, v in
+                (("prompt", self.prompt), ("answer", self.answer), ("demo", self.demo)) if v}
+
+
+def read_table(source: str, split: str = "train") -> tuple[list[dict], list[str]]:
+    """(rows, column names) of ``source``: a local file (by suffix: jsonl, json, parquet, csv), a
+    ``save_to_disk`` directory, or a Hugging Face dataset name (its ``split``), read with
+    ``datasets``; offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) a name must be in the local
+    cache."""
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            if path.suffix not in LOCAL_FORMATS:
+                raise DataError(f"{source}: unknown file type {path.suffix!r} "
+                                f"(one of {', '.join(LOCAL_FORMATS)})")
+            if path.suffix == ".csv":
+                table = datasets.Dataset.from_csv(str(path))
+            elif path.suffix == ".parquet":
+                table = datasets.Dataset.from_parquet(str(path))
+            else:  # our own reader: a bad line is named by its row
+                rows = read_rows(path)
+                return rows, list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))
+        elif path.is_dir():
+            table = datasets.load_from_disk(str(path))
+        elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+            raise DataError(f"{source}: no such file or directory")
+        else:
+            table = datasets.load_dataset(source, split=split)
+    except DataError:
+        raise
+    except ConnectionError as e:
+        from datasets import config
+
+        raise DataError(
+            f"{source}: not a local file, and the Hugging Face dataset is not in the local cache "
+            f"({config.HF_DATASETS_CACHE}) while offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE): "
+            "load it once where there is network (with HF_DATASETS_OFFLINE=0), or pass a local "
+            f"file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the message says which
+        raise DataError(f"{source}: cannot be read with datasets ({type(e).__name__}: {e})") from None
+    if isinstance(table, datasets.DatasetDict):
+        if split not in table:
+            raise DataError(f"{source}: no split {split!r} (splits: {', '.join(table)})")
+        table = table[split]
+    return table.to_list(), list(table.column_names)
+
+
+def _lookup(row: dict, column: str, source: str, index: int):
+    value = row
+    for i, part in enumerate(column.split(".")):
+        if not isinstance(value, dict) or part not in value:
+            _fail(source, index, column, "is missing" if i == 0 else f"has no field {part!r}")
+        value = value[part]
+    if value is None:
+        _fail(source, index, column, "is empty (null)")
+    return value
+
+
+def _text_or_messages(value, source: str, index: int, column: str) -> tuple:
+    """A column's value as chat messages: text is one user message."""
+    if isinstance(value, str):
+        if not value.strip():
+            _fail(source, index, column, "is an empty string")
+        return ({"role": "user", "content": value},)
+    if isinstance(value, (list, tuple)):
+        return _messages(value, source, index, column)
+    _fail(source, index, column, f"must be text or a list of chat messages, got {type(value).__name__}")
+
+
+def example_from_columns(row: dict, cols: Columns, source: str, index: int, uid: str) -> Example:
+    """One row of any table as an `Example`, its columns named by ``cols`` (``source`` and
+    ``index`` name the row in errors)."""
+    if not isinstance(row, dict):
+        _fail(source, index, "<row>", "must be an object")
+    messages = _text_or_messages(_lookup(row, cols.prompt, source, index), source, index, cols.prompt)
+    while len(messages) > 1 and messages[-1]["role"] == "assistant":  # a whole conversation
+        messages = messages[:-1]
+    if messages[-1]["role"] == "assistant":
+        _fail(source, index, cols.prompt, "has only assistant messages (no prompt)")
+    truth = _lookup(row, cols.answer, source, index)
+    if isinstance(truth, bool) or not isinstance(truth, (str, int, float)) or not str(truth).strip():
+        _fail(source, index, cols.answer, f"must be a non-empty string (or number), got {truth!r:.60}")
+    return Example(uid, messages, _demo(row, cols.demo, source, index), str(truth), "all")
+
+
+def _demo(row: dict, column: str, source: str, index: int) -> str:
+    """The demonstration: the column's text, or its last assistant message; "" without a column."""
+    if not column:
+        return ""
+    value = _lookup(row, column, source, index)
+    if isinstance(value, str):
+        said = [value]
+    else:
+        said = [m["content"] for m in _text_or_messages(value, source, index, column)
+                if m["role"] == "assistant"]
+    if not said or not said[-1].strip():
+        _fail(source, index, column, "has no demonstration (an empty text or no assistant message)")
+    return said[-1]
+
+
+def load_dataset(source: str, split: str, cols: Columns) -> list[Example]:
+    """Validated examples of any table (`read_table`) through the column mapping ``cols``; a
+    missing column names the column, its flag, the source and the columns it has; a bad row
+    names the row."""
+    rows, names = read_table(source, split)
+    local = Path(source).expanduser().is_file()
+    where = source if local else f"{source} (split {split!r})"
+    prefix = Path(source).name if local else f"{source}:{split}"
+    if not rows:
+        raise DataError(f"{where}: contains no rows")
+    for flag, column in cols.named().items():
+        if column.split(".")[0] not in names:
+            raise DataError(f"{where}: no column {column!r} ({flag}); its columns: {', '.join(names)}")
+    return [example_from_columns(r, cols, where, i, f"{prefix}:{i}") for i, r in enumerate(rows)]
 
 
 # ------------------------------------------------------------------------------- data order

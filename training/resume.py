@@ -2,7 +2,7 @@
 
 A resumed run keeps the config it recorded in its config.json (:func:`saved_config`), except
 for the changes :data:`RESUME_MAY_CHANGE` allows (more steps, progress, threads, checkpoint
-cadence); :func:`resume_config` refuses any other change with one message naming each field.
+cadence, trackers); :func:`resume_config` refuses any other change with one message naming each field.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ RESUME_MAY_CHANGE = {
     "save_every": lambda before, after: True,
     "keep_checkpoints": lambda before, after: True,
     "resume": lambda before, after: True,
+    "report_to": lambda before, after: True,         # trackers only mirror metrics.jsonl
+    "tracker_project": lambda before, after: True,
 }
 
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 import records  # noqa: E402
 
-from . import base, checkpoint, data, distributed, precision, resources, task  # noqa: E402
+from . import base, checkpoint, data, distributed, precision, resources, task, trackers  # noqa: E402
 from .backends import Critic, NoCritic, NoReference, make_backend  # noqa: E402
 from .config import RunConfig, parse_args  # noqa: E402
 from .loop import RunStopped, Trainer  # noqa: E402
@@ -53,15 +53,23 @@ def make_schedule(opt, cfg: RunConfig):
         opt, lambda s: min(1.0, (s + 1) / w) if w and s < w else fn(min(1.0, s / total)))
 
 
+def _columns(cfg: RunConfig) -> data.Columns:
+    return data.Columns(cfg.prompt_column, cfg.answer_column, cfg.demo_column)
+
+
 def _eval_examples(cfg: RunConfig) -> list:
     if cfg.eval_data:
         return data.load_examples(cfg.eval_data)
+    if cfg.eval_split:
+        return data.load_dataset(cfg.dataset, cfg.eval_split, _columns(cfg))
     return [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(task.test_problems())]
 
 
 def _stream(cfg: RunConfig):
     if cfg.train_data:
         return data.FileStream(data.load_examples(cfg.train_data), cfg.seed)
+    if cfg.dataset:
+        return data.FileStream(data.load_dataset(cfg.dataset, cfg.dataset_split, _columns(cfg)), cfg.seed)
     return data.TaskStream(cfg.seed)
 
 
@@ -83,6 +91,7 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} is too small for "
                          f"{dist.world} processes x --mini-batches {cfg.mini_batches}")
     stages = make_stages(cfg)
+    stream, eval_examples = _stream(cfg), _eval_examples(cfg)  # checked before any run directory
     backend = make_backend(cfg, dist)  # single process / data parallel, or FSDP
     with timers("base model"):
         model_path = cfg.model or str(base.ensure_base(rebuild=cfg.rebuild_base, log=log))
@@ -116,11 +125,13 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
             cfg.runs_dir, cfg.run_id or f"{cfg.preset}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}",
             unique=not cfg.run_id))  # a new run owns a new directory
         run_dir = Path(distributed_run_dir(dist, str(run_dir)))
-        writer = records.RunWriter(run_dir) if dist.is_main else distributed.NullWriter()
+        writer = (trackers.reporting(records.RunWriter(run_dir), cfg.report_to, run_dir,
+                                     cfg.tracker_project, cfg.resolved())
+                  if dist.is_main else distributed.NullWriter())  # only rank 0 records and reports
         trainer = Trainer(cfg, run_dir, writer, model, tok, critic, reference,
                           make_sampler(cfg, model, tok, model_path),
                           reward_fn or BoxedReward(time_limit=cfg.verifier_timeout), stages,
-                          _stream(cfg), _eval_examples(cfg), opt, sched, timers, dist=dist,
+                          stream, eval_examples, opt, sched, timers, dist=dist,
                           backend=backend, prompt_fn=make_prompt_fn(cfg, tok),
                           save_checkpoint=checkpoint.save if dist.is_main else _no_save)
     if cfg.resume:
@@ -155,7 +166,7 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
     t0 = time.time()
     try:
         trainer = build(cfg, reward_fn, log=lambda s: print(s, file=sys.stderr, flush=True))
-    except records.RunDirExists as e:
+    except (records.RunDirExists, data.DataError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:

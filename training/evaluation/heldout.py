@@ -33,7 +33,8 @@ class EvalResult:
         out = []
         groups = {"all": list(range(len(self.levels)))}
         for i, lv in enumerate(self.levels):
-            groups.setdefault(str(lv), []).append(i)
+            if str(lv) != "all":  # a problem without a level is counted once, in "all"
+                groups.setdefault(str(lv), []).append(i)
         n = len(self.correct[0]) if self.correct else 0
         for level, idx in groups.items():
             avg = [sum(self.correct[i]) / n for i in idx]

@@ -1,6 +1,7 @@
 """Prompt templates shared by training and evaluation: messages → prompt token ids.
 
     ids = prompt_ids(tok, messages, "chat")   # the tokenizer's chat template, generation prompt on
+                                              # (a tokenizer without one: the messages' plain text)
     ids = prompt_ids(tok, messages, "zero")   # the official LLaMA base-model template (below)
 
 ``zero`` is HPT/LUFFY's prompt for base models (``data.zero=True``: ``zero_temp`` +
@@ -23,10 +24,19 @@ def zero_text(messages: list) -> str:
     return ZERO_TEMPLATE.format(question=q)
 
 
+def plain_text(messages: list) -> str:
+    """The messages' contents, one paragraph each: the prompt of a model without a chat template
+    (one user message: its text as it is)."""
+    return "\n\n".join(m["content"] for m in messages)
+
+
 def prompt_ids(tok, messages: list, template: str) -> list[int]:
-    """Token ids of the prompt for ``messages`` under ``template`` (chat | zero)."""
+    """Token ids of the prompt for ``messages`` under ``template`` (chat | zero); ``chat`` with a
+    tokenizer that has no chat template (a base model) is the messages' `plain_text`."""
     if template == "zero":
         return list(tok(zero_text(messages), add_special_tokens=True)["input_ids"])
+    if template == "chat" and not getattr(tok, "chat_template", None):
+        return list(tok(plain_text(messages), add_special_tokens=True)["input_ids"])
     if template == "chat":
         return base.prompt_ids(tok, list(messages))
     raise ValueError(f"prompt template must be one of {TEMPLATES}, got {template!r}")
