@@ -93,6 +93,16 @@ def test_csv_and_a_save_to_disk_directory(tmp_path):
         data.load_dataset(str(saved), "validation", CHAT)
 
 
+def test_eval_split_is_a_split_of_the_dataset_or_a_file_with_its_columns(tmp_path):
+    path = str(write_jsonl(tmp_path / "heldout.jsonl", plain_rows()))
+    assert data.eval_source("upge-test/arith", "test") == ("upge-test/arith", "test")
+    assert data.eval_source("upge-test/arith", path) == (path, "train")
+    assert data.benchmark_name("upge-test/arith", "test") == "arith-test"
+    assert data.benchmark_name("upge-test/arith", path) == "heldout"
+    with pytest.raises(data.DataError, match="a file has one split, 'train', not 'test'"):
+        data.load_dataset(path, "test", PLAIN)
+
+
 @pytest.mark.parametrize("cols, named", [
     (data.Columns(prompt="problem", answer="final"), "'problem' (--prompt-column)"),
     (data.Columns(prompt="question", answer="final", demo="trace"), "'trace' (--demo-column)"),
@@ -302,11 +312,14 @@ def test_a_short_run_reports_to_mlflow_trackio_and_wandb_offline(tiny_model_dir,
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    rows = write_jsonl(tmp_path / "rows.jsonl", plain_rows())
+    rows = write_jsonl(tmp_path / "rows.jsonl", plain_rows()[:3])
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", plain_rows()[3:])
     t = run.main(short_run(tiny_model_dir, tmp_path / "runs", "--dataset", str(rows),
                            "--prompt-column", "question", "--answer-column", "final",
-                           "--eval-split", "train", "--report-to", "mlflow,trackio,wandb"),
+                           "--eval-split", str(heldout), "--report-to", "mlflow,trackio,wandb"),
                  reward_fn=correct_if_boxed)
+    evals, _ = records.read_eval(t.run_dir)
+    assert {r["benchmark"] for r in evals} == {"heldout"} and {r["n"] for r in evals} == {1}
     want = jsonl_scalars(t.run_dir)
     got, r = mlflow_scalars(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", "r")
     assert same(got, {(trackers.MLflow.key(k), s): v for (k, s), v in want.items()})

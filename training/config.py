@@ -44,7 +44,8 @@ class RunConfig:
                           "file, a save_to_disk directory or a Hugging Face dataset name (offline: from the local cache); "
                           "instead of --train-data")
     dataset_split: str = _f("train", "--dataset: the split trained on")
-    eval_split: str = _f("", "--dataset: evaluate on this split of it (same columns); empty = --eval-data or the built-in test split")
+    eval_split: str = _f("", "--dataset: evaluate on this split of it, or on this file with the same columns; "
+                             "empty = --eval-data or the built-in test split")
     prompt_column: str = _f("prompt", "--dataset: column of the prompt (text, or chat messages [{role, content}]); a.b = field b of column a")
     answer_column: str = _f("answer", "--dataset: column of the verifier's ground-truth answer")
     demo_column: str = _f("", "--dataset: column of the demonstration (text, or chat messages: the last assistant one); "
@@ -167,7 +168,7 @@ ALLOWED: dict[str, Any] = {
     "eval_data": ExistingPath(),
     "dataset": Matches(r"(?s).*", "a file, directory or dataset name"),
     "dataset_split": Matches(r"[\w.\-\[\]:%+]+", "a split name"),
-    "eval_split": Matches(r"[\w.\-\[\]:%+]*", "a split name"),
+    "eval_split": Matches(r"\S*", "a split name or a file"),
     "prompt_column": Matches(r"[^\s]+", "a column name"),
     "answer_column": Matches(r"[^\s]+", "a column name"),
     "demo_column": Matches(r"[^\s]*", "a column name"),

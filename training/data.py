@@ -160,6 +160,9 @@ def read_table(source: str, split: str = "train") -> tuple[list[dict], list[str]
     path = Path(source).expanduser()
     try:
         if path.is_file():
+            if split != "train":
+                raise DataError(f"{source}: a file has one split, 'train', not {split!r} (give the "
+                                "held-out file itself: --eval-split FILE)")
             if path.suffix not in LOCAL_FORMATS:
                 raise DataError(f"{source}: unknown file type {path.suffix!r} "
                                 f"(one of {', '.join(LOCAL_FORMATS)})")
@@ -246,6 +249,19 @@ def _demo(row: dict, column: str, source: str, index: int) -> str:
     if not said or not said[-1].strip():
         _fail(source, index, column, "has no demonstration (an empty text or no assistant message)")
     return said[-1]
+
+
+def eval_source(dataset: str, split: str) -> tuple[str, str]:
+    """(source, split) of ``--eval-split``: a local file with the same columns is its own source
+    (split "train"), any other value a split of ``--dataset``."""
+    return (split, "train") if Path(split).expanduser().is_file() else (dataset, split)
+
+
+def benchmark_name(dataset: str, split: str) -> str:
+    """The evaluation's benchmark name for ``--eval-split``: the file's stem, or
+    ``<dataset>-<split>``."""
+    source, split = eval_source(dataset, split)
+    return Path(source).stem if source != dataset else f"{Path(dataset).stem}-{split}"
 
 
 def load_dataset(source: str, split: str, cols: Columns) -> list[Example]:

@@ -351,8 +351,8 @@ class Trainer:
 
     @property
     def benchmark(self) -> str:
-        if self.cfg.eval_split:  # a split of --dataset
-            return f"{Path(self.cfg.dataset).stem}-{self.cfg.eval_split}"
+        if self.cfg.eval_split:  # a split of --dataset, or a file with its columns
+            return data.benchmark_name(self.cfg.dataset, self.cfg.eval_split)
         return Path(self.cfg.eval_data).stem if self.cfg.eval_data else "arith"
 
     def log_samples(self, step: int, rollouts: Rollouts, gates) -> None:

@@ -61,7 +61,7 @@ def _eval_examples(cfg: RunConfig) -> list:
     if cfg.eval_data:
         return data.load_examples(cfg.eval_data)
     if cfg.eval_split:
-        return data.load_dataset(cfg.dataset, cfg.eval_split, _columns(cfg))
+        return data.load_dataset(*data.eval_source(cfg.dataset, cfg.eval_split), _columns(cfg))
     return [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(task.test_problems())]
 
 
