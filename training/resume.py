@@ -2,7 +2,8 @@
 
 A resumed run keeps the config it recorded in its config.json (:func:`saved_config`), except
 for the changes :data:`RESUME_MAY_CHANGE` allows (more steps, progress, threads, checkpoint
-cadence, trackers); :func:`resume_config` refuses any other change with one message naming each field.
+cadence, trackers); :func:`resume_config` refuses any other change with one message naming each
+field.
 """
 from __future__ import annotations
 
