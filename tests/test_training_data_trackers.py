@@ -33,7 +33,7 @@ def plain_rows(number: bool = False):
 def chat_rows():
     """A chat-message column holding the whole conversation (system, user, assistant) and the
     answer in a nested field."""
-    return [{"conversation": [{"role": "system", "content": "Be brief."},
+    return [{"conversation": [{"role": "system", "content": "Be very brief."},
                               {"role": "user", "content": q},
                               {"role": "assistant", "content": f"\\boxed{{{a}}}"}],
              "meta": {"answer": a, "source": "toy"}} for q, a in QUESTIONS]
@@ -74,7 +74,7 @@ def test_chat_message_columns(tmp_path, write):
     ex = data.load_dataset(str(path), "train", CHAT)
     q, a = QUESTIONS[2]
     # the prompt is the conversation before its assistant turn; the demonstration is that turn
-    assert ex[2].messages == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": q})
+    assert ex[2].messages == ({"role": "system", "content": "Be very brief."}, {"role": "user", "content": q})
     assert ex[2].demo == f"\\boxed{{{a}}}" and ex[2].answer == a
 
 
@@ -180,11 +180,11 @@ def test_a_hub_dataset_not_in_the_cache_offline_is_a_clear_error(hf_cache):
 
 def test_the_chat_template_is_applied_when_the_tokenizer_has_one():
     tok = base.char_tokenizer()
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
-    assert prompts.prompt_ids(tok, msgs, "chat") == tok("<|system|>Be brief.<|user|>1+1?<|assistant|>",
+    msgs = [{"role": "system", "content": "Be very brief."}, {"role": "user", "content": "1+1?"}]
+    assert prompts.prompt_ids(tok, msgs, "chat") == tok("<|system|>Be very brief.<|user|>1+1?<|assistant|>",
                                                         add_special_tokens=False)["input_ids"]
     tok.chat_template = None  # a base model's tokenizer: the messages' text
-    assert prompts.prompt_ids(tok, msgs, "chat") == tok("Be brief.\n\n1+1?")["input_ids"]
+    assert prompts.prompt_ids(tok, msgs, "chat") == tok("Be very brief.\n\n1+1?")["input_ids"]
 
 
 # ------------------------------------------------------------------------------ config checks
@@ -271,21 +271,27 @@ def correct_if_boxed(completions, ground_truth, **kw):
     return [float(len(c) % 3 == 0) for c in completions]
 
 
-def short_run(model: str, runs: Path, *extra: str) -> list[str]:
-    return ["grpo", "--model", model, "--runs-dir", str(runs), "--run-id", "r", "--steps", "2",
+def short_run(model: str, runs: Path, *extra: str, preset: str = "grpo") -> list[str]:
+    return [preset, "--model", model, "--runs-dir", str(runs), "--run-id", "r", "--steps", "2",
             "--prompts-per-step", "2", "--n", "2", "--max-new-tokens", "6", "--eval-k", "1",
             "--eval-every", "0", "--save-every", "0", "--progress", "false", "--threads", "1", *extra]
 
 
-def test_a_short_run_on_a_hub_dataset_reports_to_tensorboard(tiny_model_dir, hf_cache, tmp_path):
-    """--dataset by hub name (offline cache), chat-message and nested columns, --eval-split,
-    --report-to tensorboard: the event files hold exactly metrics.jsonl's scalars."""
+def test_a_short_hpt_run_on_a_hub_dataset_reports_to_tensorboard(tiny_model_dir, hf_cache, tmp_path):
+    """HPT on a --dataset by hub name (offline cache) with one chat-message column giving prompt
+    and demonstration, a nested answer column, --eval-split, --report-to tensorboard: the
+    demonstrations are the column's assistant turns, and the event files hold exactly
+    metrics.jsonl's scalars."""
     t = run.main(short_run(tiny_model_dir, tmp_path / "runs", "--dataset", "upge-test/arith",
                            "--prompt-column", "conversation", "--answer-column", "meta.answer",
-                           "--eval-split", "test", "--report-to", "tensorboard"),
+                           "--demo-column", "conversation", "--max-new-tokens", "12",
+                           "--eval-split", "test", "--report-to", "tensorboard", preset="hpt"),
                  reward_fn=correct_if_boxed)
     samples, _ = records.read_samples(t.run_dir)
     assert {s["prompt_id"].rsplit(":", 1)[0] for s in samples} == {"upge-test/arith:train"}
+    demos = [s for s in samples if s["source"] == "demo"]
+    answers = dict(QUESTIONS[:3]).values()  # one character per token, and the eos
+    assert demos and {s["n_tokens"] for s in demos} <= {len(f"\\boxed{{{a}}}") + 1 for a in answers}
     evals, _ = records.read_eval(t.run_dir)
     assert {r["benchmark"] for r in evals} == {"arith-test"} and {r["n"] for r in evals} == {1}
     want = jsonl_scalars(t.run_dir)
