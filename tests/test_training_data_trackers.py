@@ -91,6 +91,12 @@ def test_csv_and_a_save_to_disk_directory(tmp_path):
     assert [e.answer for e in data.load_dataset(str(saved), "test", CHAT)] == [QUESTIONS[3][1]]
     with pytest.raises(data.DataError, match=r"no split 'validation' \(splits: train, test\)"):
         data.load_dataset(str(saved), "validation", CHAT)
+    (tmp_path / "rows.txt").write_text("question,final\n")
+    with pytest.raises(data.DataError, match=r"rows.txt: unknown file type '.txt' \(one of .jsonl, .json"):
+        data.load_dataset(str(tmp_path / "rows.txt"), "train", PLAIN)
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(data.DataError, match=r"bad.parquet: cannot be read \("):
+        data.load_dataset(str(tmp_path / "bad.parquet"), "train", PLAIN)
 
 
 def test_eval_split_is_a_split_of_the_dataset_or_a_file_with_its_columns(tmp_path):
@@ -99,7 +105,7 @@ def test_eval_split_is_a_split_of_the_dataset_or_a_file_with_its_columns(tmp_pat
     assert data.eval_source("upge-test/arith", path) == (path, "train")
     assert data.benchmark_name("upge-test/arith", "test") == "arith-test"
     assert data.benchmark_name("upge-test/arith", path) == "heldout"
-    with pytest.raises(data.DataError, match="a file has one split, 'train', not 'test'"):
+    with pytest.raises(data.DataError, match="has one split, .train., not .test."):
         data.load_dataset(path, "test", PLAIN)
 
 

@@ -130,9 +130,6 @@ def load_examples(path) -> list[Example]:
 
 # ------------------------------------------------------------------- any table, mapped columns
 
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
 @dataclass(frozen=True)
 class Columns:
     """Which column of a table holds what. ``prompt``: text or chat messages (a conversation
@@ -150,37 +147,51 @@ class Columns:
                 (("prompt", self.prompt), ("answer", self.answer), ("demo", self.demo)) if v}
 
 
+def _json_rows(path: Path) -> tuple[list[dict], list[str]]:
+    rows = read_rows(path)  # our own reader: a line that is not JSON is named by its row
+    return rows, list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))
+
+
+def _arrow_rows(reader: str):
+    def read(path: Path) -> tuple[list[dict], list[str]]:
+        import datasets
+
+        table = getattr(datasets.Dataset, reader)(str(path))
+        return table.to_list(), list(table.column_names)
+    return read
+
+
+# file suffix -> reader of (rows, column names)
+FILE_READERS = {".jsonl": _json_rows, ".json": _json_rows, ".parquet": _arrow_rows("from_parquet"),
+                ".csv": _arrow_rows("from_csv")}
+
+
 def read_table(source: str, split: str = "train") -> tuple[list[dict], list[str]]:
-    """(rows, column names) of ``source``: a local file (by suffix: jsonl, json, parquet, csv), a
-    ``save_to_disk`` directory, or a Hugging Face dataset name (its ``split``), read with
-    ``datasets``; offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) a name must be in the local
-    cache."""
+    """(rows, column names) of ``source``: a local file (by suffix: `FILE_READERS`; its one
+    split is ``train``), a ``save_to_disk`` directory, or a Hugging Face dataset name (its
+    ``split``), read with ``datasets``; offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) a
+    name must be in the local cache."""
     import datasets
 
     path = Path(source).expanduser()
+    one_split = path.is_file() or path.is_dir() and not (path / "dataset_dict.json").exists()
+    if one_split and split != "train":
+        raise DataError(f"{source}: has one split, 'train', not {split!r} (for held-out rows with "
+                        "the same columns give their file: --eval-split FILE)")
+    if path.is_file():
+        if path.suffix not in FILE_READERS:
+            raise DataError(f"{source}: unknown file type {path.suffix!r} (one of {', '.join(FILE_READERS)})")
+        try:
+            return FILE_READERS[path.suffix](path)
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many types; named here
+            raise DataError(f"{source}: cannot be read ({type(e).__name__}: {e})") from None
+    if not path.is_dir() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise DataError(f"{source}: no such file or directory")
     try:
-        if path.is_file():
-            if split != "train":
-                raise DataError(f"{source}: a file has one split, 'train', not {split!r} (give the "
-                                "held-out file itself: --eval-split FILE)")
-            if path.suffix not in LOCAL_FORMATS:
-                raise DataError(f"{source}: unknown file type {path.suffix!r} "
-                                f"(one of {', '.join(LOCAL_FORMATS)})")
-            if path.suffix == ".csv":
-                table = datasets.Dataset.from_csv(str(path))
-            elif path.suffix == ".parquet":
-                table = datasets.Dataset.from_parquet(str(path))
-            else:  # our own reader: a bad line is named by its row
-                rows = read_rows(path)
-                return rows, list(dict.fromkeys(k for r in rows if isinstance(r, dict) for k in r))
-        elif path.is_dir():
-            table = datasets.load_from_disk(str(path))
-        elif source.startswith((".", "/", "~")) or source.count("/") > 1:
-            raise DataError(f"{source}: no such file or directory")
-        else:
-            table = datasets.load_dataset(source, split=split)
-    except DataError:
-        raise
+        table = (datasets.load_from_disk(str(path)) if path.is_dir()
+                 else datasets.load_dataset(source, split=split))
     except ConnectionError as e:
         from datasets import config
 
