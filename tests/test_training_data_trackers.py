@@ -140,23 +140,36 @@ def test_a_bad_row_names_the_row_and_the_field(tmp_path, row, field, why):
 
 # ----------------------------------------------------------------- a Hugging Face dataset by name
 
-@pytest.fixture()
-def hf_cache(tmp_path, monkeypatch):
-    """A datasets cache holding "upge-test/arith" (splits train, test) as `load_dataset` leaves a
-    downloaded hub dataset; the process is offline (conftest), so only the cache can answer."""
+def cache_hub_dataset(cache: Path, repo: str, config: str, files: dict, work: Path) -> None:
+    """Write ``repo``'s ``config`` (split -> parquet file) into the datasets cache ``cache`` as
+    `load_dataset` leaves a downloaded hub dataset: ``<namespace>___<name>/<config>/<version>/
+    <hash>/``, built by datasets' own Parquet builder."""
     import glob
 
-    import datasets
     from datasets.packaged_modules.parquet.parquet import Parquet
 
-    files = {"train": str(write_parquet(tmp_path / "train.parquet", chat_rows()[:3])),
-             "test": str(write_parquet(tmp_path / "test.parquet", chat_rows()[3:]))}
-    stage, cache = tmp_path / "stage", tmp_path / "hf-datasets"
-    Parquet(cache_dir=str(stage), dataset_name="arith", hash="0123456789abcdef",
+    namespace, name = repo.split("/")
+    stage = work / f"stage-{name}-{config}"
+    Parquet(cache_dir=str(stage), dataset_name=name, config_name=config, hash="0123456789abcdef",
             data_files=files).download_and_prepare()
-    (config_dir,) = glob.glob(str(stage / "arith" / "default-*"))
-    (cache / "upge-test___arith").mkdir(parents=True)
-    shutil.move(config_dir, cache / "upge-test___arith" / "default")
+    (built,) = glob.glob(str(stage / name / f"{config}-*"))
+    (cache / f"{namespace}___{name}").mkdir(parents=True, exist_ok=True)
+    shutil.move(built, cache / f"{namespace}___{name}" / config)
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch):
+    """A datasets cache holding "upge-test/arith" (splits train, test) and "upge-test/subsets"
+    (configuration "main": split train); the process is offline (conftest), so only the cache
+    can answer."""
+    import datasets
+
+    cache = tmp_path / "hf-datasets"
+    cache_hub_dataset(cache, "upge-test/arith", "default",
+                      {"train": str(write_parquet(tmp_path / "train.parquet", chat_rows()[:3])),
+                       "test": str(write_parquet(tmp_path / "test.parquet", chat_rows()[3:]))}, tmp_path)
+    cache_hub_dataset(cache, "upge-test/subsets", "main",
+                      {"train": str(write_parquet(tmp_path / "main.parquet", chat_rows()[1:3]))}, tmp_path)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     assert datasets.config.HF_HUB_OFFLINE
     return cache
@@ -171,6 +184,14 @@ def test_a_hub_dataset_name_loads_offline_from_the_cache(hf_cache):
         data.load_dataset("upge-test/arith", "train", data.Columns(prompt="question"))
     assert "upge-test/arith (split 'train'): no column 'question' (--prompt-column); its columns: " \
            "conversation, meta" == str(e.value)
+
+
+def test_a_hub_dataset_configuration_is_chosen_by_name(hf_cache):
+    ex = data.load_dataset("upge-test/subsets", "train", CHAT, config="main")
+    assert [e.answer for e in ex] == [a for _, a in QUESTIONS[1:3]]
+    with pytest.raises(data.DataError, match=r"(?s)upge-test/subsets: cannot be read with datasets "
+                                             r"\(ValueError: .*'other'.*\['main'\]"):
+        data.load_dataset("upge-test/subsets", "train", CHAT, config="other")
 
 
 def test_a_hub_dataset_not_in_the_cache_offline_is_a_clear_error(hf_cache):

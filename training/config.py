@@ -43,6 +43,7 @@ class RunConfig:
     dataset: str = _f("", "training table with mapped columns (--prompt-column, ...): a local jsonl/json/parquet/csv "
                           "file, a save_to_disk directory or a Hugging Face dataset name (offline: from the local cache); "
                           "instead of --train-data")
+    dataset_config: str = _f("", "--dataset: the Hugging Face dataset's configuration (subset), e.g. main for openai/gsm8k; empty = its default")
     dataset_split: str = _f("train", "--dataset: the split trained on")
     eval_split: str = _f("", "--dataset: evaluate on this split of it, or on this file with the same columns; "
                              "empty = --eval-data or the built-in test split")
@@ -167,6 +168,7 @@ ALLOWED: dict[str, Any] = {
     "train_data": ExistingPath(),
     "eval_data": ExistingPath(),
     "dataset": Matches(r"(?s).*", "a file, directory or dataset name"),
+    "dataset_config": Matches(r"[^\s/]*", "a configuration name"),
     "dataset_split": Matches(r"[\w.\-\[\]:%+]+", "a split name"),
     "eval_split": Matches(r"\S*", "a split name or a file"),
     "prompt_column": Matches(r"[^\s]+", "a column name"),

@@ -166,11 +166,11 @@ FILE_READERS = {".jsonl": _json_rows, ".json": _json_rows, ".parquet": _arrow_ro
                 ".csv": _arrow_rows("from_csv")}
 
 
-def read_table(source: str, split: str = "train") -> tuple[list[dict], list[str]]:
+def read_table(source: str, split: str = "train", config: str = "") -> tuple[list[dict], list[str]]:
     """(rows, column names) of ``source``: a local file (by suffix: `FILE_READERS`; its one
     split is ``train``), a ``save_to_disk`` directory, or a Hugging Face dataset name (its
-    ``split``), read with ``datasets``; offline (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) a
-    name must be in the local cache."""
+    ``config`` when not empty, its ``split``), read with ``datasets``; offline
+    (``HF_DATASETS_OFFLINE``/``HF_HUB_OFFLINE``) a name must be in the local cache."""
     import datasets
 
     path = Path(source).expanduser()
@@ -191,7 +191,7 @@ def read_table(source: str, split: str = "train") -> tuple[list[dict], list[str]
         raise DataError(f"{source}: no such file or directory")
     try:
         table = (datasets.load_from_disk(str(path)) if path.is_dir()
-                 else datasets.load_dataset(source, split=split))
+                 else datasets.load_dataset(source, config or None, split=split))
     except ConnectionError as e:
         from datasets import config
 
@@ -275,11 +275,11 @@ def benchmark_name(dataset: str, split: str) -> str:
     return Path(source).stem if source != dataset else f"{Path(dataset).stem}-{split}"
 
 
-def load_dataset(source: str, split: str, cols: Columns) -> list[Example]:
+def load_dataset(source: str, split: str, cols: Columns, config: str = "") -> list[Example]:
     """Validated examples of any table (`read_table`) through the column mapping ``cols``; a
     missing column names the column, its flag, the source and the columns it has; a bad row
     names the row."""
-    rows, names = read_table(source, split)
+    rows, names = read_table(source, split, config)
     local = Path(source).expanduser().is_file()
     where = source if local else f"{source} (split {split!r})"
     prefix = Path(source).name if local else f"{source}:{split}"

@@ -61,7 +61,8 @@ def _eval_examples(cfg: RunConfig) -> list:
     if cfg.eval_data:
         return data.load_examples(cfg.eval_data)
     if cfg.eval_split:
-        return data.load_dataset(*data.eval_source(cfg.dataset, cfg.eval_split), _columns(cfg))
+        return data.load_dataset(*data.eval_source(cfg.dataset, cfg.eval_split), _columns(cfg),
+                                 cfg.dataset_config)
     return [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(task.test_problems())]
 
 
@@ -69,7 +70,8 @@ def _stream(cfg: RunConfig):
     if cfg.train_data:
         return data.FileStream(data.load_examples(cfg.train_data), cfg.seed)
     if cfg.dataset:
-        return data.FileStream(data.load_dataset(cfg.dataset, cfg.dataset_split, _columns(cfg)), cfg.seed)
+        return data.FileStream(data.load_dataset(cfg.dataset, cfg.dataset_split, _columns(cfg),
+                                                 cfg.dataset_config), cfg.seed)
     return data.TaskStream(cfg.seed)
 
 
