@@ -69,3 +69,42 @@ def test_tuning_arguments_are_checked_before_any_work(argv, line, tmp_path, monk
         compare.main(["--runs-dir", str(tmp_path), *argv])
     assert stop.value.code == 2 and line in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+PLANTED = '''
+"""A reward planted to disagree between the splits: on the validation split (the tuning runs,
+which get --eval-data) learning rate 1e-3 scores 1 and 1e-4 scores 0; on the test split the
+reverse. A protocol that looked at the test split would choose 1e-4."""
+import sys
+
+
+def _flag(name):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+
+
+def reward(completions, ground_truth, **kw):
+    best = 1e-3 if _flag("--eval-data") else 1e-4
+    return [1.0 if float(_flag("--lr")) == best else 0.0 for _ in completions]
+'''
+
+
+@pytest.mark.slow
+def test_tune_chooses_by_validation_score_only(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "planted_reward.py").write_text(PLANTED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    runs = tmp_path / "runs"
+    compare.main(["--presets", "sft", "--seeds", "0", "--tune", "lr", "--lr-grid", "1e-4,1e-3",
+                  "--tune-seeds", "1", "--jobs", "2", "--runs-dir", str(runs), "--",
+                  "--steps", "1", "--eval-k", "1", "--save-every", "0", "--warmup-steps", "0",
+                  "--reward", "planted_reward:reward"])
+    tuning = json.loads((runs / compare.TUNING).read_text())
+    assert tuning["chosen"] == {"sft": 1e-3} and tuning["split"] == "validation"
+    assert tuning["scores"]["sft"] == {"0.0001": 0.0, "0.001": 1.0}
+    assert tuning["trials_per_method"] == 2
+    chosen = runs / "sft-lr0.001-s0"  # reported at the validation choice, on the test split
+    assert compare.final_scores(chosen)["Avg"] == 0.0
+    cfg = json.loads((chosen / "config.json").read_text())
+    assert cfg["lr"] == 1e-3 and cfg["eval_data"] == ""
