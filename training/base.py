@@ -56,7 +56,8 @@ class BaseConfig:
 
     def digest(self) -> str:
         blob = json.dumps({**asdict(self), "task": task.TASK_VERSION, "chars": CHARS,
-                           "template": CHAT_TEMPLATE}, sort_keys=True)
+                           "template": CHAT_TEMPLATE, "held_out": task.HELD_OUT_SPLITS},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

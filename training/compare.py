@@ -1,10 +1,18 @@
-"""``python -m training.compare --presets sft,grpo,sft_then_grpo,luffy,hpt --seeds 0,1,2``
+"""``python -m training.compare --presets sft,grpo,sft_then_grpo,luffy,hpt --seeds 0,1,2,3,4 --tune lr``
 
 Runs every preset × seed under identical conditions (same base model, steps, prompts per step,
 rollouts per prompt, generation length — hence the same sample budget; `sft` samples nothing,
 DAPO may sample more to refill) and prints a table shaped like the paper's Table 2: held-out
-accuracy per level, the average, and pass@k at the largest k, as mean ± 95% CI over seeds.
-Extra arguments after ``--`` go to every ``training.run``.
+accuracy per level, the average, pass@k at the largest k and the crossing k* against the base
+model, as mean ± 95% CI over seeds; then the paired differences (``--reference`` minus each other
+preset, seed by seed) with their CIs.
+
+``--tune lr`` first runs every preset once per value of ``--lr-grid`` (the same trials for every
+method, seeds ``--tune-seeds``, disjoint from the reported seeds) and scores each trial on the
+*validation* split (`training.task.validation_problems`, disjoint from the test split and from
+every training problem); each preset then runs at its best learning rate, chosen by validation
+score only, and is reported on the test split. The choice is written to ``tuning.json`` in the
+runs dir. Extra arguments after ``--`` go to every ``training.run``.
 """
 from __future__ import annotations
 
@@ -20,7 +28,12 @@ from pathlib import Path
 
 import records
 
+from . import task
 from .config import parse_args
+
+TUNING = "tuning.json"
+VALIDATION = "validation.jsonl"
+TUNED_FLAGS = {"lr": "--lr"}  # what --tune can choose, and the training.run flag that sets it
 
 # two-sided 95% Student-t quantiles by degrees of freedom (1..10), then the normal value
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -65,27 +78,82 @@ def base_scores(run_dir: Path) -> dict:
     return out
 
 
+def passk_curve(run_dir: Path, step: int | None = None) -> dict:
+    """{k: pass@k over all problems} of the run's evaluation at ``step`` (default: the last)."""
+    rows, _ = records.read_eval(run_dir)
+    rows = [r for r in rows if r["metric"] == "pass@k" and r["level"] == "all"]
+    if not rows:
+        return {}
+    step = max(r["step"] for r in rows) if step is None else step
+    return {r["k"]: r["value"] for r in rows if r["step"] == step}
+
+
+def crossing_k(trained: dict, base: dict) -> float:
+    """k* = the smallest k at which the base model's pass@k ≥ the trained model's (NaN: never)."""
+    ks = sorted(set(trained) & set(base))
+    return next((float(k) for k in ks if base[k] >= trained[k]), float("nan"))
+
+
+def paired(results: dict, reference: str, column: str = "Avg") -> dict:
+    """{preset: (mean, CI half-width, n)} of ``reference − preset`` on ``column``, seed by seed
+    (runs are paired by seed: same data order and sampling seeds)."""
+    ref = {s["seed"]: s[column] for s in results.get(reference, []) if column in s}
+    out = {}
+    for name, runs in results.items():
+        if name == reference:
+            continue
+        diffs = [100 * (ref[s["seed"]] - s[column]) for s in runs if s.get("seed") in ref and column in s]
+        if diffs:
+            out[name] = (*mean_ci(diffs), len(diffs))
+    return out
+
+
+def paired_table(results: dict, reference: str) -> str:
+    """Markdown: ``reference`` minus each other preset, per seed, mean ± 95% CI (points)."""
+    cols = ["Avg"] + sorted({c for runs in results.values() for s in runs for c in s
+                             if c.startswith("pass@")})
+    diffs = {c: paired(results, reference, c) for c in cols}
+    lines = [f"| {reference} − method (paired by seed) | " + " | ".join(cols) + " |",
+             "|---" * (len(cols) + 1) + "|"]
+    for name in results:
+        if name == reference:
+            continue
+        cells = []
+        for c in cols:
+            m, h, n = diffs[c].get(name, (float("nan"), float("nan"), 0))
+            cells.append(f"{m:+.1f} ± {h:.1f}" if not math.isnan(h) else f"{m:+.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(results: dict, base: dict | None = None) -> str:
     """Markdown table: one row per preset, cells mean ± CI over seeds."""
     cols = sorted({c for runs in results.values() for s in runs for c in s if c.startswith("L")})
     cols += ["Avg"] + sorted({c for runs in results.values() for s in runs if s
                               for c in s if c.startswith("pass@")})
+    cols += ["k*"] if any("k*" in s for runs in results.values() for s in runs) else []
     lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     if base:
-        lines.append("| base model | " + " | ".join(f"{100 * base.get(c, float('nan')):.1f}"
-                                                     for c in cols) + " |")
+        lines.append("| base model | " + " | ".join(
+            "—" if c == "k*" else f"{100 * base.get(c, float('nan')):.1f}" for c in cols) + " |")
     for name, runs in results.items():
         cells = []
         for c in cols:
-            xs = [100 * s[c] for s in runs if c in s]
+            scale = 1 if c == "k*" else 100
+            xs = [scale * s[c] for s in runs if c in s and not math.isnan(s[c])]
+            if c == "k*":  # seeds whose pass@k never falls to the base's: counted, not averaged
+                never = sum(1 for s in runs if c in s and math.isnan(s[c]))
+                m = f"{sorted(xs)[len(xs) // 2]:.0f}" if xs else "—"
+                cells.append(m + (f" ({never} never)" if never else ""))
+                continue
             m, h = mean_ci(xs) if xs else (float("nan"), float("nan"))
             cells.append(f"{m:.1f} ± {h:.1f}" if not math.isnan(h) else f"{m:.1f}")
         lines.append(f"| {name} (n={len(runs)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def run_one(preset: str, seed: int, root: Path, extra: list[str]) -> Path:
-    run_dir = root / f"{preset}-s{seed}"
+def run_one(preset: str, seed: int, root: Path, extra: list[str], run_id: str | None = None) -> Path:
+    run_dir = root / (run_id or f"{preset}-s{seed}")
     status = records.read_status(run_dir)
     if status.get("state") == "finished":
         return run_dir
@@ -100,7 +168,7 @@ def run_one(preset: str, seed: int, root: Path, extra: list[str]) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    print(f"  {preset} seed {seed}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    print(f"  {run_dir.name}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return run_dir
 
 
@@ -119,6 +187,43 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def float_list(text: str) -> list[float]:
+    """'1e-4,3e-4' -> [0.0001, 0.0003] (argparse type; each value > 0)."""
+    try:
+        xs = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
+    if not all(x > 0 for x in xs):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be > 0")
+    return xs
+
+
+def tune(presets: list, grid: list, seeds: list, root: Path, extra: list, pool, flag: str = "lr") -> dict:
+    """Run every preset at every grid value (same trials for all), score each on the validation
+    split only, and return {preset: chosen value}; the whole record goes to ``tuning.json``."""
+    val = root / VALIDATION
+    root.mkdir(parents=True, exist_ok=True)
+    task.export(val, split="validation")
+    trials = [(pr, v, s) for pr in presets for v in grid for s in seeds]
+    dirs = list(pool.map(lambda t: run_one(
+        t[0], t[2], root, [*extra, TUNED_FLAGS[flag], repr(t[1]), "--eval-data", str(val),
+                           "--eval-every", "0"], run_id=f"tune-{t[0]}-{flag}{t[1]:g}-s{t[2]}"), trials))
+    scores: dict = {}
+    for (pr, v, _), d in zip(trials, dirs):
+        scores.setdefault(pr, {}).setdefault(v, []).append(final_scores(d)["Avg"])
+    means = {pr: {v: sum(xs) / len(xs) for v, xs in by.items()} for pr, by in scores.items()}
+    chosen = {pr: max(grid, key=lambda v: (means[pr][v], -grid.index(v))) for pr in presets}
+    records.write_json(root / TUNING, {
+        "tuned": flag, "grid": grid, "seeds": seeds, "split": "validation",
+        "validation_problems": len(task.validation_problems()), "trials_per_method": len(grid) * len(seeds),
+        "scores": {pr: {f"{v:g}": means[pr][v] for v in grid} for pr in presets},
+        "chosen": {pr: chosen[pr] for pr in presets}})
+    for pr in presets:
+        print(f"  {pr}: {flag} {chosen[pr]:g} (validation avg "
+              f"{100 * means[pr][chosen[pr]]:.1f} %)", file=sys.stderr, flush=True)
+    return chosen
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,20 +232,53 @@ def main(argv=None) -> str:
     p.add_argument("--runs-dir", default="runs/compare")
     p.add_argument("--jobs", type=positive_int, default=max(1, (os.cpu_count() or 1)),
                    help="runs in parallel (each uses one torch thread)")
+    p.add_argument("--tune", choices=["none", *TUNED_FLAGS], default="none",
+                   help="choose this hyper-parameter per preset on the validation split first")
+    p.add_argument("--lr-grid", type=float_list, default="1e-4,3e-4,1e-3",
+                   help="learning rates tried by --tune lr")
+    p.add_argument("--tune-seeds", type=seed_list, default="100",
+                   help="seeds of the tuning trials (keep them apart from --seeds)")
+    p.add_argument("--reference", default="hpt",
+                   help="paired differences: this preset minus each other one, seed by seed")
     args, extra = p.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     presets, seeds = args.presets.split(","), args.seeds
+    if args.tune != "none":
+        for fixed in (TUNED_FLAGS[args.tune], "--eval-data"):
+            if fixed in extra:
+                p.error(f"{fixed} is chosen by --tune {args.tune}; leave it out of the run arguments")
+        if set(args.tune_seeds) & set(seeds):
+            p.error(f"--tune-seeds {args.tune_seeds} overlap --seeds {seeds}: tune on other seeds")
     for preset in presets:  # every run's arguments checked before any work (one line, exit 2)
         parse_args([preset, *extra, "--seed", str(seeds[0]), "--runs-dir", args.runs_dir])
     root = Path(args.runs_dir)
     from .base import ensure_base
 
     ensure_base(log=lambda s: print(s, file=sys.stderr, flush=True))  # build once, not per job
-    jobs = [(pr, s) for pr in presets for s in seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(lambda j: run_one(j[0], j[1], root, extra), jobs))
-    results = {pr: [final_scores(d) for (q, _), d in zip(jobs, dirs) if q == pr] for pr in presets}
+        chosen = (tune(presets, args.lr_grid, args.tune_seeds, root, extra, pool, args.tune)
+                  if args.tune != "none" else {})
+        flag = TUNED_FLAGS.get(args.tune)
+
+        def report_run(job):
+            pr, s = job
+            if pr not in chosen:
+                return run_one(pr, s, root, extra)
+            return run_one(pr, s, root, [*extra, flag, repr(chosen[pr])],
+                           run_id=f"{pr}-{args.tune}{chosen[pr]:g}-s{s}")
+
+        jobs = [(pr, s) for pr in presets for s in seeds]
+        dirs = list(pool.map(report_run, jobs))
+    base_curve = passk_curve(dirs[0], step=0)
+    results = {}
+    for (pr, s), d in zip(jobs, dirs):
+        scores = {**final_scores(d), "seed": s}
+        if base_curve and len(base_curve) > 1:
+            scores["k*"] = crossing_k(passk_curve(d), base_curve)
+        results.setdefault(pr, []).append(scores)
     out = table(results, base_scores(dirs[0]))
+    if args.reference in results and len(results) > 1:
+        out += "\n\n" + paired_table(results, args.reference)
     print(out)
     return out
 

@@ -296,17 +296,17 @@ def load_dataset(source: str, split: str, cols: Columns, config: str = "") -> li
 @dataclass
 class TaskStream:
     """The built-in task's training stream: problem ``cursor`` of stream ``seed``, skipping any
-    that equals a held-out test problem. ``cursor`` is the whole state (saved in checkpoints)."""
+    that equals a held-out (test or validation) problem. ``cursor`` is the whole state (saved in checkpoints)."""
 
     seed: int
     cursor: int = 0
 
     def take(self, k: int) -> list[Example]:
         out = []
-        test = task._test_exprs()
+        held_out = task.held_out_exprs()
         while len(out) < k:
             p = task.make_problem(self.seed, self.cursor)
-            if p.expr not in test:
+            if p.expr not in held_out:
                 out.append(from_problem(p, f"arith:{self.seed}:{self.cursor}"))
             self.cursor += 1
         return out

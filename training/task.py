@@ -22,8 +22,10 @@ level  form                steps of the demonstration
 =====  ==================  =========================================
 
 Problems are a pure function of (seed, index), so the data order is reproducible and a resumed
-run continues with the same problems. The held-out test split is fixed (``TEST_SEED``) and no
-training problem equals a test problem.
+run continues with the same problems. Two held-out splits are fixed: ``test`` (``TEST_SEED``,
+what results are reported on) and ``validation`` (``VALIDATION_SEED``, what hyper-parameters are
+tuned on, `training.compare --tune`); they share no expression, and no training problem equals a
+problem of either.
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ DATA_SOURCE = "upge/arith"
 LEVELS = (1, 2, 3, 4, 5)
 TEST_SEED = 10_000_019
 TEST_PER_LEVEL = 40
+VALIDATION_SEED = 20_000_003
+VALIDATION_PER_LEVEL = 20
+HELD_OUT_SPLITS = (TEST_SEED, TEST_PER_LEVEL, VALIDATION_SEED, VALIDATION_PER_LEVEL)  # in cache keys
 PROMPT_TEMPLATE = "Compute {expr}."
 
 
@@ -101,12 +106,12 @@ def make_problem(seed: int, index: int, levels: tuple = LEVELS) -> Problem:
     return GENERATORS[level](random.Random(f"{TASK_VERSION}:{seed}:{index}"))
 
 
-def test_problems(per_level: int = TEST_PER_LEVEL) -> list[Problem]:
-    """The fixed held-out split: ``per_level`` distinct problems of each level."""
-    out, seen, i = [], set(), 0
+def _held_out(seed: int, per_level: int, exclude: frozenset = frozenset()) -> list[Problem]:
+    """``per_level`` distinct problems of each level from stream ``seed``, none in ``exclude``."""
+    out, seen, i = [], set(exclude), 0
     counts = {lv: 0 for lv in LEVELS}
     while min(counts.values()) < per_level:
-        p = make_problem(TEST_SEED, i)
+        p = make_problem(seed, i)
         i += 1
         if p.expr in seen or counts[p.level] >= per_level:
             continue
@@ -116,11 +121,22 @@ def test_problems(per_level: int = TEST_PER_LEVEL) -> list[Problem]:
     return sorted(out, key=lambda p: p.level)
 
 
+def test_problems(per_level: int = TEST_PER_LEVEL) -> list[Problem]:
+    """The fixed held-out test split: ``per_level`` distinct problems of each level."""
+    return _held_out(TEST_SEED, per_level)
+
+
+def validation_problems(per_level: int = VALIDATION_PER_LEVEL) -> list[Problem]:
+    """The fixed validation split (for tuning): ``per_level`` distinct problems of each level,
+    none equal to a test problem."""
+    return _held_out(VALIDATION_SEED, per_level, frozenset(p.expr for p in test_problems()))
+
+
 def train_problems(seed: int, count: int, start: int = 0, levels: tuple = LEVELS,
                    exclude: frozenset | None = None) -> list[Problem]:
     """Training problems ``start .. start+count−1`` of stream ``seed``, skipping any problem whose
-    expression is in the test split (indices stay fixed, so ``start`` is a stable data cursor)."""
-    exclude = _test_exprs() if exclude is None else exclude
+    expression is in a held-out split (indices stay fixed, so ``start`` is a stable data cursor)."""
+    exclude = held_out_exprs() if exclude is None else exclude
     out, i = [], start
     while len(out) < count:
         p = make_problem(seed, i, levels)
@@ -130,14 +146,15 @@ def train_problems(seed: int, count: int, start: int = 0, levels: tuple = LEVELS
     return out
 
 
-_TEST_EXPRS: frozenset | None = None
+_HELD_OUT: frozenset | None = None
 
 
-def _test_exprs() -> frozenset:
-    global _TEST_EXPRS
-    if _TEST_EXPRS is None:
-        _TEST_EXPRS = frozenset(p.expr for p in test_problems())
-    return _TEST_EXPRS
+def held_out_exprs() -> frozenset:
+    """Every expression of the test and validation splits (never trained on)."""
+    global _HELD_OUT
+    if _HELD_OUT is None:
+        _HELD_OUT = frozenset(p.expr for p in test_problems() + validation_problems())
+    return _HELD_OUT
 
 
 def to_row(p: Problem, index: int, split: str) -> dict:
@@ -154,14 +171,20 @@ def rows(problems: list[Problem], split: str) -> list[dict]:
     return [to_row(p, i, split) for i, p in enumerate(problems)]
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def split_problems(split: str = "test", count: int = 1000, seed: int = 0) -> list[Problem]:
-    """The held-out ``test`` problems or ``count`` ``train`` problems of stream ``seed`` (at most
-    ``count`` either way)."""
-    return test_problems()[:count] if split == "test" else train_problems(seed, count)
+    """The held-out ``test`` or ``validation`` problems, or ``count`` ``train`` problems of stream
+    ``seed`` (at most ``count`` either way)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    held = {"test": test_problems, "validation": validation_problems}
+    return held[split]()[:count] if split in held else train_problems(seed, count)
 
 
 def dataset(split: str = "test", count: int = 1000, seed: int = 0):
-    """The task as a ``datasets.Dataset`` in row format (``split`` "train" or "test")."""
+    """The task as a ``datasets.Dataset`` in row format (``split`` one of `SPLITS`)."""
     import datasets
 
     return datasets.Dataset.from_list(rows(split_problems(split, count, seed), split))

@@ -1,0 +1,110 @@
+"""`training.compare`: the validation split, the tuning protocol's bookkeeping, paired differences
+and the crossing k*."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from training import compare, data, task
+
+
+def _content(examples) -> set:
+    """Problem contents: the prompt text and the answer."""
+    return {(e.messages[0]["content"], e.answer) for e in examples}
+
+
+def test_validation_and_test_splits_are_disjoint_from_each_other_and_from_training(tmp_path):
+    for split in ("validation", "test"):
+        task.export(tmp_path / f"{split}.jsonl", split)
+    task.export(tmp_path / "train.jsonl", "train", count=3000, seed=0)
+    val, test, train = (_content(data.load_examples(tmp_path / f"{s}.jsonl"))
+                        for s in ("validation", "test", "train"))
+    assert len(val) == task.VALIDATION_PER_LEVEL * len(task.LEVELS)
+    assert len(test) == task.TEST_PER_LEVEL * len(task.LEVELS)
+    assert not val & test and not train & val and not train & test
+    streamed = _content(data.TaskStream(7).take(3000))  # the trainer's own stream skips both too
+    assert not streamed & val and not streamed & test
+
+
+def test_every_split_name_is_checked():
+    with pytest.raises(ValueError, match="split must be one of train, validation, test"):
+        task.split_problems("valid")
+
+
+def _runs(values: dict) -> dict:
+    return {name: [{"Avg": v, "pass@8": v / 2, "seed": s} for s, v in enumerate(vs)]
+            for name, vs in values.items()}
+
+
+def test_paired_differences_are_per_seed():
+    results = _runs({"hpt": [0.30, 0.40, 0.50], "sft": [0.20, 0.35, 0.44]})
+    m, h, n = compare.paired(results, "hpt")["sft"]
+    diffs = [10.0, 5.0, 6.0]
+    want_m, want_h = compare.mean_ci(diffs)
+    assert n == 3 and m == pytest.approx(want_m) and h == pytest.approx(want_h)
+    # unpaired, the seed-to-seed spread (±10 points) would swamp a 7-point difference
+    assert h < compare.mean_ci([30.0, 40.0, 50.0])[1]
+    text = compare.paired_table(results, "hpt")
+    assert "| sft | +7.0 ± " in text and "hpt − method" in text
+
+
+def test_crossing_k_is_the_first_k_where_the_base_catches_up():
+    base = {1: 0.2, 2: 0.35, 4: 0.5, 8: 0.7}
+    assert compare.crossing_k({1: 0.3, 2: 0.4, 4: 0.5, 8: 0.6}, base) == 4
+    assert math.isnan(compare.crossing_k({1: 0.3, 2: 0.4, 4: 0.6, 8: 0.8}, base))
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--tune", "lr", "--", "--lr", "1e-3"], "--lr is chosen by --tune lr"),
+    (["--tune", "lr", "--tune-seeds", "0"], "overlap --seeds"),
+    (["--tune", "lr", "--lr-grid", "1e-3,0"], "every value must be > 0"),
+    (["--tune", "steps"], "invalid choice: 'steps'")])
+def test_tuning_arguments_are_checked_before_any_work(argv, line, tmp_path, monkeypatch, capsys):
+    from training import base
+
+    monkeypatch.setattr(base, "ensure_base", lambda **kw: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--runs-dir", str(tmp_path), *argv])
+    assert stop.value.code == 2 and line in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+PLANTED = '''
+"""A reward planted to disagree between the splits: on the validation split (the tuning runs,
+which get --eval-data) learning rate 1e-3 scores 1 and 1e-4 scores 0; on the test split the
+reverse. A protocol that looked at the test split would choose 1e-4."""
+import sys
+
+
+def _flag(name):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+
+
+def reward(completions, ground_truth, **kw):
+    best = 1e-3 if _flag("--eval-data") else 1e-4
+    return [1.0 if float(_flag("--lr")) == best else 0.0 for _ in completions]
+'''
+
+
+@pytest.mark.slow
+def test_tune_chooses_by_validation_score_only(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "planted_reward.py").write_text(PLANTED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    runs = tmp_path / "runs"
+    compare.main(["--presets", "sft", "--seeds", "0", "--tune", "lr", "--lr-grid", "1e-4,1e-3",
+                  "--tune-seeds", "1", "--jobs", "2", "--runs-dir", str(runs), "--",
+                  "--steps", "1", "--eval-k", "1", "--save-every", "0", "--warmup-steps", "0",
+                  "--reward", "planted_reward:reward"])
+    tuning = json.loads((runs / compare.TUNING).read_text())
+    assert tuning["chosen"] == {"sft": 1e-3} and tuning["split"] == "validation"
+    assert tuning["scores"]["sft"] == {"0.0001": 0.0, "0.001": 1.0}
+    assert tuning["trials_per_method"] == 2
+    chosen = runs / "sft-lr0.001-s0"  # reported at the validation choice, on the test split
+    assert compare.final_scores(chosen)["Avg"] == 0.0
+    cfg = json.loads((chosen / "config.json").read_text())
+    assert cfg["lr"] == 1e-3 and cfg["eval_data"] == ""
