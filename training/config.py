@@ -325,8 +325,8 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     parser = cli_parser()
     try:
         args = vars(parser.parse_args(argv))
-        from_file, origin = (config_file.read(args["config"], RunConfig) if args.pop("config")
-                             else ({}, {}))
+        spec = args.pop("config")
+        from_file, origin = config_file.read(spec, RunConfig) if spec else ({}, {})
         given = explicit_fields(argv)
         if from_file:  # the file's values are the defaults; flags given on the command line win
             parser.set_defaults(**{k: v for k, v in from_file.items() if k != "preset"})

@@ -37,6 +37,9 @@ def scalar_type(hint):
     return next(a for a in args if a is not type(None)) if args else hint
 
 
+KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
 def optional(hint) -> bool:
     return type(None) in (getattr(hint, "__args__", None) or ())
 
@@ -59,17 +62,16 @@ def _convert(value, hint, where: str, key: str):
     if value is None:
         if optional(hint):
             return None
-        raise ConfigError(f"{where}: {key}: null is not allowed (give a {t.__name__})")
+        raise ConfigError(f"{where}: {key}: null is not allowed (give {KIND[t]})")
     if isinstance(value, str) and t is not str:
         try:
             return (parse_bool if t is bool else t)(value)
         except (ValueError, argparse.ArgumentTypeError):
-            raise ConfigError(f"{where}: {key}: {value!r} is not a {t.__name__}") from None
+            raise ConfigError(f"{where}: {key}: {value!r} is not {KIND[t]}") from None
     if t is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, t) or (t is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}: {key}: {value!r} is a {type(value).__name__}, expected a "
-                          f"{t.__name__}" + (" (quote it)" if t is str else ""))
+        raise ConfigError(f"{where}: {key}: {value!r} is not {KIND[t]}" + (" (quote it)" if t is str else ""))
     return value
 
 
