@@ -268,7 +268,7 @@ TINY_RUN = base.BaseConfig(hidden_size=32, layers=2, heads=2, kv_heads=2, interm
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> str:
-    os.environ["UPGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("UPGE_CACHE", str(tmp_path_factory.mktemp("cache")))  # the e2e tests' cache if set
     return str(base.ensure_base(TINY_RUN, log=lambda s: None))
 
 
@@ -311,8 +311,10 @@ def test_a_custom_estimator_and_reward_train_and_are_recorded(tiny_model, tmp_pa
     assert samples and {s["reward"] for s in samples} == {0.25}      # every row scored by quarter()
     assert {s["source"] for s in samples} == {"rollout", "demo"}      # its gated demos were added
     metrics, _ = records.read_metrics(run_dir)
-    assert {m["step"] for m in metrics} == {0, 1, 2} and all(
-        m["gate/mean_beta"] > 0 for m in metrics if m["step"] > 0)    # the linear gate's β = 1 − P
+    # 0.25 < 0.5 is never correct: P = 0, so the linear gate's (α, β) = (P, β(1 − P)) sends all to SFT
+    assert {m["step"] for m in metrics} == {0, 1, 2}
+    assert [m[records.GATE_SFT_FRACTION] for m in metrics if m["step"]] == [1.0, 1.0]
+    assert {s["gate"] for s in samples} == {"sft"}
     ckpt = checkpoint.latest_intact(run_dir)
     card = (ckpt / "model" / model_card.CARD).read_text(encoding="utf-8")
     assert ckpt.name == "step-000002" and "(`--estimator custom_parts:GRPO_OR_SFT`)" in card
