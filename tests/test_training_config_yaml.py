@@ -146,6 +146,14 @@ def test_gate_composes_with_a_custom_estimator():
     assert own.est.gate == estimators.parts.Switch(gamma=1, beta=0.5)    # without --gate: its own
 
 
+def test_a_profile_keeps_a_custom_estimator(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a local model directory (the profile's hub id is offline)
+    cfg = parse_args(["--estimator", "custom_parts:CLIPPED_GRPO", "--profile", "paper-qwen2.5-math-1.5b",
+                      "--model", str(tmp_path), "--device", "cpu"])
+    assert cfg.preset == "CLIPPED_GRPO" and cfg.lr == 5e-6 and cfg.n == 8   # the profile's values
+    assert [s.name for s in make_stages(cfg)] == ["CLIPPED_GRPO"]
+
+
 @pytest.mark.parametrize("argv, line", [
     (["--estimator", "custom_parts:NOT_AN_ESTIMATOR"],
      "--estimator 'custom_parts:NOT_AN_ESTIMATOR': 'NOT_AN_ESTIMATOR' is a dict, not an "

@@ -329,10 +329,13 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
         from_file, origin = config_file.read(spec, RunConfig) if spec else ({}, {})
         given = explicit_fields(argv)
         if from_file:  # the file's values are the defaults; flags given on the command line win
-            parser.set_defaults(**{k: v for k, v in from_file.items() if k != "preset"})
-            args = {**vars(parser.parse_args(argv)),
-                    **({"preset": from_file["preset"]} if "preset" in from_file and "preset" not in given else {})}
+            defaults = dict(from_file)
+            preset = defaults.pop("preset", None)  # checked with the rest (argparse would not name the file)
+            parser.set_defaults(**defaults)
+            args = vars(parser.parse_args(argv))
             args.pop("config")
+            if preset is not None and "preset" not in given:
+                args["preset"] = preset
         origin = {k: v for k, v in origin.items() if k not in given}
         explicit = given | set(from_file)
         cfg = RunConfig(**args)
@@ -347,7 +350,7 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
         if cfg.profile:
             from .profiles import apply_profile
 
-            cfg = apply_profile(cfg, explicit)
+            cfg = apply_profile(cfg, explicit | ({"preset"} if cfg.estimator else set()))
             if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
                 gate = estimators.parts.GATES.get(cfg.gate)
                 params = {f.name for f in fields(gate)} if gate else set()
