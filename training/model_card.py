@@ -33,18 +33,18 @@ def _base(cfg: dict, model_path: str) -> tuple[str, str]:
     """(what the card says the base model is, its hub id or "")."""
     model = cfg.get("model", "")
     if not model:
-        return (f"the embedded tiny base model (`{Path(model_path).name or 'base'}`, built by "
-                "training/base.py on the built-in arithmetic task)", "")
+        return (f"The embedded tiny base model (`{Path(model_path).name or 'base'}`, built by "
+                "training/base.py on the built-in arithmetic task).", "")
     if Path(model).expanduser().exists():
-        return f"a local model (`{Path(model).name}`)", ""
-    return f"[{model}](https://huggingface.co/{model})", model
+        return f"A local model (`{Path(model).name}`).", ""
+    return f"[{model}](https://huggingface.co/{model}).", model
 
 
 def _data(cfg: dict) -> str:
     train = f"`{Path(cfg['train_data']).name}`" if cfg.get("train_data") else \
         "the built-in verifiable arithmetic task (training/task.py)"
     held = f"`{Path(cfg['eval_data']).name}`" if cfg.get("eval_data") else "its fixed held-out split"
-    return f"trained on {train}; evaluated on {held}"
+    return f"Trained on {train}; evaluated on {held}"
 
 
 def _evaluation(run_dir: Path, step: int) -> list[str]:
