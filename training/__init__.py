@@ -6,6 +6,8 @@ Launch (the commands)
     ``compare``      ``python -m training.compare``: several presets × seeds, one table
     ``config``       `RunConfig`: every flag, one typed dataclass; ``profiles``: the paper's set-ups;
                      ``ranges``: the flags' allowed values; ``resume``: what a resume may change
+    ``config_file``  ``--config run.yaml``: fields from YAML; ``configs/``: the profiles as YAML
+    ``custom``       ``--estimator module:object`` and ``--reward module:function``
 
 The loop (the paper's Algorithm 1)
     ``loop``         `Trainer.step`: sample → score → gate → plan → micro-batches → backward →
@@ -20,7 +22,8 @@ The loop (the paper's Algorithm 1)
                      loading (SDPA, gradient checkpointing), value head, π_ref
     ``logprobs``     the chunked output layer: token log-probs and entropies, never [B, T, V]
     ``precision``    ``--dtype``: bf16/fp16 autocast over float32 master weights
-    ``checkpoint``   save/restore in the ecosystem's formats (checksummed); ``machine``: device,
+    ``checkpoint``   save/restore in the ecosystem's formats (checksummed); ``model_card``: each
+                     checkpoint's README.md, ``--push-to-hub``; ``machine``: device,
                      versions; ``resources``: the torch thread count;
     ``progress``     timers and the progress bar
 

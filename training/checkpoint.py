@@ -4,11 +4,14 @@
         model/              save_pretrained: safetensors weights + config (full-parameter),
                             or a PEFT adapter dir (adapter_config.json + adapter_model.safetensors)
         tokenizer files     (save_pretrained)
+        model/README.md     the model card (training/model_card.py: base model, preset and its
+                            parts, data, steps, the last evaluation), from the run's records
         value_head.safetensors   PPO critic (when used)
         trainer_state.pt    step, data cursor, optimizer, scheduler, every RNG state (tensors and
                             plain values only: loaded with ``torch.load(weights_only=True)``, so a
                             crafted file cannot run code)
-        manifest.json       sha256 of every other file, written last; verified on load
+        manifest.json       sha256 of every other file (the model card too), written last;
+                            verified on load
 
 A checkpoint is written into ``.tmp-step-N`` and renamed when complete; a write that fails (disk
 full) removes the partial directory, keeps the earlier checkpoints and raises `SaveFailed` with one
@@ -35,6 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import records
+
+from . import model_card
 
 STATE = "trainer_state.pt"
 MANIFEST = "manifest.json"
@@ -81,6 +86,7 @@ def save(run_dir, step: int, model, tok, value_head, optimizer, scheduler, curso
     try:
         tmp.mkdir(parents=True)
         _write(tmp, step, model, tok, value_head, optimizer, scheduler, cursor, full_state)
+        (tmp / "model" / model_card.CARD).write_text(model_card.render(run_dir, step), encoding="utf-8")
         write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

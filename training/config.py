@@ -6,7 +6,8 @@ Every field has an allowed range (``ALLOWED``, declared right after the fields, 
 range types of :mod:`training.ranges`), and ranges that hold only when the run samples rollouts
 (``ALLOWED_WHEN_SAMPLING``); ``parse_args`` checks them before any work starts and stops with one
 line naming the flag, the value and the range. With ``--resume`` the run's saved config is taken,
-changed only as :mod:`training.resume` allows.
+changed only as :mod:`training.resume` allows. ``--config run.yaml`` gives any fields from a file
+(:mod:`training.config_file`); flags given on the command line override it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from typing import Any, Optional, get_type_hints
 
 import estimators
 
+from . import config_file, custom
 from .batching import group_layout
+from .config_file import parse_bool as _parse_bool
+from .config_file import scalar_type as _arg_type
 from .profiles import PROFILES
 from .ranges import (AT_LEAST_0, AT_LEAST_1, FLAG, FRACTION, POSITIVE, PROBABILITY, Between,
                      ConfigError, ExistingPath, Matches, ModelSource, OneOf, flag)
@@ -116,6 +120,13 @@ class RunConfig:
     max_prompt_tokens: int = _f(0, "keep the last this many prompt tokens (0 = no limit)")
     rope_theta: Optional[float] = _f(None, "override the model config's rope_theta (Qwen2.5-Math: 40000)")
     max_position_embeddings: Optional[int] = _f(None, "override the model config's max_position_embeddings (Qwen2.5-Math: 16384)")
+    # custom parts and publishing (docs/ecosystem.md)
+    estimator: str = _f("", "module:object: train this estimators.Estimator/Hybrid (composed from "
+                            "estimators.parts) instead of a preset; the run is named after the object")
+    reward: str = _f("", "module:function reward, TRL's signature (completions, ground_truth, **kw) -> "
+                         "list[float]; empty = the boxed-answer math reward")
+    push_to_hub: str = _f("", "after the run, upload the last checkpoint's model (with its model card) "
+                              "to this Hugging Face Hub repo (user/name); empty = do not push")
 
     def resolved(self) -> dict:
         return asdict(self)
@@ -230,6 +241,13 @@ ALLOWED: dict[str, Any] = {
     "max_prompt_tokens": AT_LEAST_0,
     "rope_theta": POSITIVE,
     "max_position_embeddings": AT_LEAST_1,
+    "estimator": Matches(r"|[\w.]+:[\w.]+", "module:object (e.g. my_methods:CLIPPED_GRPO)"),
+    "reward": Matches(r"|[\w.]+:[\w.]+", "module:function (e.g. my_rewards:accuracy)"),
+    "push_to_hub": Matches(r"|[\w.-]+/[\w.-]+", "a Hub repo id: user/name"),
+}
+# Ranges that differ when ``--estimator`` gives the estimator: the preset is then its name.
+ALLOWED_WITH_ESTIMATOR: dict[str, Any] = {
+    "preset": Matches(r"[A-Za-z_]\w*", "the estimator's name"),
 }
 # Stricter ranges for a run that samples rollouts (every preset but pure SFT).
 ALLOWED_WHEN_SAMPLING: dict[str, Any] = {
@@ -239,20 +257,30 @@ SAMPLING_WHY = ("which samples rollouts (greedy rollouts of a group are identica
                 "advantage, no gradient)")
 
 
-def check(cfg: "RunConfig") -> None:
+def check(cfg: "RunConfig", origin: Optional[dict] = None) -> None:
     """Raise `ConfigError` for the first field outside its allowed range (``ALLOWED``, and
-    ``ALLOWED_WHEN_SAMPLING`` when the preset samples rollouts)."""
-    known = ALLOWED["preset"].problem(cfg.preset) is None
-    stricter = ALLOWED_WHEN_SAMPLING if known and sampling_stages(cfg.preset) else {}
+    ``ALLOWED_WHEN_SAMPLING`` when the preset samples rollouts); ``origin`` maps a field that
+    came from a ``--config`` file to its "file:line", which the message names."""
+    origin = origin or {}
+    allowed_now = {**ALLOWED, **(ALLOWED_WITH_ESTIMATOR if cfg.estimator else {})}
+    known = all(allowed_now[k].problem(getattr(cfg, k)) is None for k in ("preset", "estimator"))
+    try:
+        sampling = [(name, est) for name, est in stage_estimators(cfg) if _samples(est)] if known else []
+    except ConfigError as e:  # an --estimator that does not load; from a file: its line
+        raise ConfigError(f"{origin['estimator']}: {e}" if "estimator" in origin else str(e)) from None
+    stricter = ALLOWED_WHEN_SAMPLING if sampling else {}
     for f in fields(cfg):
-        value, allowed = getattr(cfg, f.name), stricter.get(f.name, ALLOWED.get(f.name))
+        value, allowed = getattr(cfg, f.name), stricter.get(f.name, allowed_now.get(f.name))
         problem = None if value is None or allowed is None else allowed.problem(value)
         if problem:
             why = f" for {cfg.preset}, {SAMPLING_WHY}" if f.name in stricter else ""
-            raise ConfigError(f"{flag(f.name)} {value}: {problem}{why}")
+            where = f"{origin[f.name]}: {f.name}:" if f.name in origin else flag(f.name)
+            raise ConfigError(f"{where} {value}: {problem}{why}")
     check_data(cfg)
-    for stage in sampling_stages(cfg.preset):
-        rollouts = group_layout(estimators.get(stage), cfg.n).rollouts
+    if cfg.reward:
+        custom.check_reward(cfg.reward)
+    for stage, est in sampling:
+        rollouts = group_layout(est, cfg.n).rollouts
         if rollouts < 1:
             raise ConfigError(f"{flag('n')} {cfg.n}: must be ≥ {cfg.n - rollouts + 1} for {stage} "
                               f"(it puts {cfg.n - rollouts} demonstration(s) in each group of n "
@@ -278,23 +306,20 @@ def check_data(cfg: "RunConfig") -> None:
 
 def sampling_stages(preset: str) -> list[str]:
     """The stages of ``preset`` that sample rollouts (pure SFT samples none, at any n)."""
-    many = 1 << 10
-    return [s for s in TWO_STAGE.get(preset, (preset,))
-            if group_layout(estimators.get(s), many).rollouts > 0]
+    return [s for s in TWO_STAGE.get(preset, (preset,)) if _samples(estimators.get(s))]
 
 
-def _parse_bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
+def _samples(est) -> bool:
+    return group_layout(est, 1 << 10).rollouts > 0
 
 
-def _arg_type(hint):
-    """The scalar type of a field annotation (``Optional[int]`` → int)."""
-    args = getattr(hint, "__args__", None)
-    return next(a for a in args if a is not type(None)) if args else hint
+def stage_estimators(cfg: "RunConfig") -> list[tuple[str, Any]]:
+    """(name, estimator) of each stage: ``--estimator``'s object (`training.custom`), or the
+    preset's (two for a two-stage name such as ``sft_then_grpo``)."""
+    if cfg.estimator:
+        est = custom.load_estimator(cfg.estimator)
+        return [(est.name, est)]
+    return [(s, estimators.get(s)) for s in TWO_STAGE.get(cfg.preset, (cfg.preset,))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,27 +345,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cli_parser() -> argparse.ArgumentParser:
+    """`build_parser` and ``--config RUN_YAML`` (training.config_file), the command line of
+    ``python -m training.run``."""
+    p = build_parser()
+    p.add_argument("--config", default=None, metavar="RUN_YAML",
+                   help="YAML file of run-config fields (flags given here override it), or the name of "
+                        "a shipped one: " + ", ".join(_shipped()))
+    return p
+
+
+def _shipped() -> list[str]:
+    from . import configs
+
+    return configs.names()
+
+
 def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
     """The run config of a command line, every field checked (``check``) before any work: a
     value outside its range stops here with one line naming the flag, the value and the range.
     With ``--resume`` the run's saved config, with the changes a resume may make."""
-    parser = build_parser()
-    cfg = RunConfig(**vars(parser.parse_args(argv)))
+    parser = cli_parser()
     try:
+        args = vars(parser.parse_args(argv))
+        spec = args.pop("config")
+        from_file, origin = config_file.read(spec, RunConfig) if spec else ({}, {})
+        given = explicit_fields(argv)
+        if from_file:  # the file's values are the defaults; flags given on the command line win
+            defaults = dict(from_file)
+            preset = defaults.pop("preset", None)  # checked with the rest (argparse would not name the file)
+            parser.set_defaults(**defaults)
+            args = vars(parser.parse_args(argv))
+            args.pop("config")
+            if preset is not None and "preset" not in given:
+                args["preset"] = preset
+        origin = {k: v for k, v in origin.items() if k not in given}
+        explicit = given | set(from_file)
+        cfg = RunConfig(**args)
+        if cfg.estimator:  # the run trains the object, named after it
+            if "preset" in explicit:
+                raise ConfigError(f"{origin.get('preset', 'preset')} {cfg.preset!r} and --estimator "
+                                  f"{cfg.estimator}: give one of them (--estimator replaces the preset)")
+            cfg = replace(cfg, preset=custom.label(cfg.estimator))
         if cfg.resume:  # the command line as given (the directory must exist), then the saved config
-            check(cfg)
-            return resume_config(cfg, saved_config(cfg.resume), explicit_fields(argv))[0]
+            check(cfg, origin)
+            return resume_config(cfg, saved_config(cfg.resume), explicit)[0]
         if cfg.profile:
             from .profiles import apply_profile
 
-            explicit = explicit_fields(argv)
-            cfg = apply_profile(cfg, explicit)
+            cfg = apply_profile(cfg, explicit | ({"preset"} if cfg.estimator else set()))
             if cfg.gate:  # a profile's gate parameters apply only to a --gate that has them
                 gate = estimators.parts.GATES.get(cfg.gate)
                 params = {f.name for f in fields(gate)} if gate else set()
                 cfg = replace(cfg, **{flag: None for flag, param in GATE_FLAGS.items()
                                       if flag not in explicit and param not in params})
-        check(cfg)
+        check(cfg, origin)
     except ConfigError as e:
         parser.exit(2, f"error: {e}\n")
     return cfg
@@ -348,7 +407,8 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
 
 def explicit_fields(argv: Optional[list[str]] = None) -> set:
     """Names of the fields given on the command line (a profile never overrides them)."""
-    p = build_parser()
+    p = cli_parser()
     for a in p._actions:
         a.default = None if a.dest == "preset" else argparse.SUPPRESS
-    return {k for k, v in vars(p.parse_args(argv)).items() if not (k == "preset" and v is None)}
+    return {k for k, v in vars(p.parse_args(argv)).items()
+            if not (k == "preset" and v is None) and k != "config"}

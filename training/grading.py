@@ -144,27 +144,36 @@ class BenchmarkReward:
 
 # --------------------------------------------------------------------------- pluggable rewards
 
-def load_reward(spec: str) -> Callable:
-    """``"package.module:function"`` → that callable. A class is instantiated with no
-    arguments (e.g. ``training.reward:BoxedReward``). Raises `RewardError` naming what failed."""
+def load_object(spec: str, what: str = "reward",
+                example: str = "'module:function', e.g. 'training.grading:BenchmarkReward' or "
+                               "'my_rewards:accuracy'"):
+    """``"package.module:attr"`` → that object (``attr`` may be dotted). Raises `RewardError`
+    naming ``what`` (the flag or role) and what failed: no colon (``example`` says what is
+    expected), a module that does not import, a missing attribute."""
     if ":" not in spec:
-        raise RewardError(f"reward {spec!r}: expected 'module:function', e.g. "
-                          "'training.grading:BenchmarkReward' or 'my_rewards:accuracy'")
+        raise RewardError(f"{what} {spec!r}: expected {example}")
     module, _, attr = spec.partition(":")
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
-        raise RewardError(f"reward {spec!r}: cannot import module {module!r} ({e}); is it on "
+        raise RewardError(f"{what} {spec!r}: cannot import module {module!r} ({e}); is it on "
                           "PYTHONPATH (run from the repository root or pip install it)?") from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise RewardError(f"reward {spec!r}: module {module!r} has no attribute {attr!r}")
+            raise RewardError(f"{what} {spec!r}: module {module!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def load_reward(spec: str) -> Callable:
+    """``"package.module:function"`` → that callable. A class is instantiated with no
+    arguments (e.g. ``training.reward:BoxedReward``). Raises `RewardError` naming what failed."""
+    obj = load_object(spec)
     if isinstance(obj, type):
         obj = obj()
     if not callable(obj):
-        raise RewardError(f"reward {spec!r}: {attr!r} is not callable")
+        raise RewardError(f"reward {spec!r}: {spec.partition(':')[2]!r} is not callable")
     return obj
 
 

@@ -29,14 +29,14 @@ import torch  # noqa: E402
 
 import records  # noqa: E402
 
-from . import base, checkpoint, data, distributed, precision, resources, task, trackers  # noqa: E402
+from . import (base, checkpoint, custom, data, distributed, model_card, precision,  # noqa: E402
+               resources, task, trackers)
 from .backends import Critic, NoCritic, NoReference, make_backend  # noqa: E402
 from .config import RunConfig, parse_args  # noqa: E402
 from .loop import RunStopped, Trainer  # noqa: E402
 from .machine import resolve_device, versions  # noqa: E402
 from .progress import Timers  # noqa: E402
 from .policy import Reference, ValueHead, load_model, load_tokenizer  # noqa: E402
-from .reward import BoxedReward  # noqa: E402
 from .resume import resume_config, saved_config  # noqa: E402
 from .rollout import engines, make_prompt_fn, make_sampler  # noqa: E402
 from .stages import make_stages  # noqa: E402
@@ -132,7 +132,7 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
                   if dist.is_main else distributed.NullWriter())  # only rank 0 records and reports
         trainer = Trainer(cfg, run_dir, writer, model, tok, critic, reference,
                           make_sampler(cfg, model, tok, model_path),
-                          reward_fn or BoxedReward(time_limit=cfg.verifier_timeout), stages,
+                          reward_fn or custom.make_reward(cfg), stages,
                           stream, eval_examples, opt, sched, timers, dist=dist,
                           backend=backend, prompt_fn=make_prompt_fn(cfg, tok),
                           save_checkpoint=checkpoint.save if dist.is_main else _no_save)
@@ -173,7 +173,7 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
     print(f"run directory: {trainer.run_dir}", file=sys.stderr)
     try:
         last = trainer.train()
-    except (RunStopped, checkpoint.SaveFailed) as e:
+    except (RunStopped, checkpoint.SaveFailed, custom.RewardError) as e:
         trainer.writer.set_status("failed", trainer.completed, str(e))
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1)
@@ -186,7 +186,25 @@ def main(argv: Optional[list[str]] = None, reward_fn: Optional[Callable] = None)
             close()
         trainer.dist.close()
     _report(trainer, last, time.time() - t0)
+    if trainer.cfg.push_to_hub and trainer.dist.is_main:
+        push_last(trainer)
     return trainer
+
+
+def push_last(trainer: Trainer) -> None:
+    """``--push-to-hub``: upload the last checkpoint's model (with its model card). A failure
+    (offline, no token) stops with one message and exit status 1; the run and its checkpoints
+    are kept as they are."""
+    ckpt = checkpoint.latest(trainer.run_dir)
+    try:
+        if ckpt is None:
+            raise model_card.PushFailed(f"--push-to-hub {trainer.cfg.push_to_hub}: {trainer.run_dir} "
+                                        "has no checkpoint to push")
+        url = model_card.push(ckpt / "model", trainer.cfg.push_to_hub)
+    except model_card.PushFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"pushed {ckpt / 'model'} to {url}", file=sys.stderr)
 
 
 def _report(t: Trainer, last: dict, total: float) -> None:

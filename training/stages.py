@@ -1,7 +1,7 @@
 """What the run trains, stage by stage: the preset's estimator with this run's options and the
 batch-level steps it declares (`estimators.TrainerSteps`), chosen once from the config.
 
-    stages = make_stages(cfg)   # one Stage per preset; ``sft_then_grpo`` gives two
+    stages = make_stages(cfg)   # one Stage per preset (or --estimator); ``sft_then_grpo`` gives two
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from estimators.slots import CONSTANT
 from . import batching
 from .backends import NoCritic
 from .batching import Row
-from .config import TWO_STAGE, RunConfig, with_gate
+from .config import RunConfig, stage_estimators, with_gate
 from .rollout import engines
 
 OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
@@ -72,8 +72,10 @@ class Stage:
         return "sft" if self.need.rollouts == 0 else "rl"
 
 
-def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
-    est = with_options(scale_constants(estimators.get(name), cfg.max_new_tokens), cfg)
+def make_stage(name: str, cfg: RunConfig, first: int, last: int, est=None) -> Stage:
+    """Stage ``name`` (the preset of that name unless ``est`` is given) with the run's options."""
+    est = estimators.get(name) if est is None else est
+    est = with_options(scale_constants(est, cfg.max_new_tokens), cfg)
     t = est.trainer
     buffer = batching.scaled_buffer(t.overlong_buffer, cfg.max_new_tokens)
     return Stage(
@@ -86,9 +88,12 @@ def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
 
 
 def make_stages(cfg: RunConfig) -> list[Stage]:
-    """One stage per preset; a two-stage name (``sft_then_grpo``) splits the steps."""
-    names = TWO_STAGE.get(cfg.preset, (cfg.preset,))
-    if len(names) == 1:
-        return [make_stage(names[0], cfg, 1, cfg.steps)]
+    """One stage per preset (or ``--estimator``); a two-stage name (``sft_then_grpo``) splits
+    the steps."""
+    parts = stage_estimators(cfg)
+    if len(parts) == 1:
+        (name, est), = parts
+        return [make_stage(name, cfg, 1, cfg.steps, est)]
+    (first, est1), (second, est2) = parts
     split = max(1, min(cfg.steps - 1, round(cfg.steps * cfg.stage_split)))
-    return [make_stage(names[0], cfg, 1, split), make_stage(names[1], cfg, split + 1, cfg.steps)]
+    return [make_stage(first, cfg, 1, split, est1), make_stage(second, cfg, split + 1, cfg.steps, est2)]
