@@ -222,6 +222,7 @@ def test_three_step_hpt_run_shows_gates_on_the_dashboard(tmp_path, monkeypatch):
     _, trainer = trl_grads(run, estimator="hpt", steps=3, save_steps=3)
     history = [r for r in trainer.state.log_history if records.GATE_SFT_FRACTION in r]
     assert [r["step"] for r in history] == [1, 2, 3]
+    assert [r[records.GATE_SFT_FRACTION] for r in history] == pytest.approx([1 / 3] * 3)  # 2+2=: all wrong
     # our records, under our names
     rows, _ = records.read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -239,6 +240,14 @@ def test_three_step_hpt_run_shows_gates_on_the_dashboard(tmp_path, monkeypatch):
         for key in (records.GATE_SFT_FRACTION, records.TRAIN_ENTROPY, records.ROLLOUT_REWARD,
                     records.TRAIN_LOSS, records.TRAIN_LR):
             assert theirs[key] == pytest.approx(ours_row[key]), key
+    # the checkpoint folder alone (a TRL run without our records) is a run the dashboard reads
+    import shutil
+
+    from records import tables
+    shutil.copytree(run / "checkpoint-3", run.parent / "trl-plain" / "checkpoint-3")
+    plain = tables.load_run(run.parent / "trl-plain", run.parent)
+    assert list(plain.metrics["step"]) == [1, 2, 3]
+    assert list(plain.metrics[records.GATE_SFT_FRACTION]) == pytest.approx([1 / 3] * 3)
     # the dashboard's Training page charts the gate decisions of the TRL run
     monkeypatch.setenv("UPGE_RUNS_DIR", str(run.parent))
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "dashboards" / "app.py"),
@@ -250,5 +259,6 @@ def test_three_step_hpt_run_shows_gates_on_the_dashboard(tmp_path, monkeypatch):
 
     spec, data = charts(at)["Offline / SFT data ratio"]
     sft = data[data["metric"] == records.GATE_SFT_FRACTION].sort_values("step")
-    assert list(sft["value"]) == pytest.approx([r[records.GATE_SFT_FRACTION] for r in rows])
-    assert set(sft["run"]) == {"trl-hpt"}
+    for name in ("trl-hpt", "trl-plain"):
+        got = sft[sft["run"] == name]
+        assert list(got["value"]) == pytest.approx([r[records.GATE_SFT_FRACTION] for r in rows]), name
