@@ -23,7 +23,8 @@ Demonstrations (the hybrids) come from a dataset column (``demo_column``, text):
 
 * HPT (``TrainerSteps.gated_demos``): one demonstration row per prompt is added after TRL scored
   its n rollouts; the gate, on the rollouts' pass rate (reward ≥ 0.5 is correct), decides per
-  prompt whether the rollouts (RL) or the demonstration (SFT) are trained;
+  prompt whether the rollouts (RL) or the demonstration (SFT) are trained (the demonstration
+  row is not scored: samples.jsonl records it with reward 1);
 * LUFFY / SRFT (``demo_in_group``): the last of each prompt's n completions is replaced by the
   demonstration before the reward functions run, so the group holds n−1 rollouts + 1
   demonstration, scored by TRL's own reward functions.
@@ -37,7 +38,8 @@ Constant normalisers take C from ``max_completion_length`` (as ``training.run`` 
 default: one generation batch per optimizer step); ``num_iterations`` > 1 reuses the plan.
 
 Logs: TRL's log history gets ``entropy``, ``gate/sft_fraction``, ``gate/mean_beta``,
-``gate/offline_ratio`` beside its own metrics; with ``run_dir`` (default: ``args.output_dir``)
+``gate/offline_ratio`` beside its own metrics (evaluation, ``eval_dataset``, reports TRL's own
+loss: its batches are not planned); with ``run_dir`` (default: ``args.output_dir``)
 the run also writes our records there (config.json with the estimator's parts, metrics.jsonl
 under our names, samples.jsonl with each prompt's gate decision), so the dashboard shows a TRL
 run like ours.
@@ -330,6 +332,8 @@ class UpgeGRPOTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------------ the loss
     def _compute_loss(self, model, inputs):
+        if f"{FIELDS}coef0" not in inputs:  # evaluation batches are not planned: TRL's own loss value
+            return super()._compute_loss(model, inputs)
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
