@@ -41,11 +41,12 @@ torch.set_num_threads(1)
 N = 4            # rows per prompt
 MAX_LEN = 12     # max_completion_length / max_new_tokens
 # three prompts of equal length (no prompt padding: TRL passes no position ids), their answers,
-# demonstrations, and four fixed completions each: lengths differ, some end with eos
+# demonstrations, and four fixed completions each: lengths differ, some end with eos; on two
+# ranks "3+3=" is split, its only correct rollout on rank 0 (a per-rank gate would differ)
 PROMPTS = ["1+2=", "3+3=", "2+2="]
 ANSWERS = ["3", "6", "4"]
 DEMOS = ["\\boxed{3}", "\\boxed{6}", "\\boxed{4}"]
-COMPLETIONS = {"1+2=": ["3", "so 3", "4 4 4", "x"], "3+3=": ["6", "5", "66 six", "nine 9 9"],
+COMPLETIONS = {"1+2=": ["3", "so 3", "4 4 4", "x"], "3+3=": ["6", "5", "7 six", "nine 9 9"],
                "2+2=": ["5", "7 7", "five", "nine 9 9"]}   # all wrong: HPT's gate sends it to SFT
 
 
@@ -71,14 +72,14 @@ def completion_ids(tok, prompt: str, j: int) -> list[int]:
 
 
 def fixed_rollouts(prompts, trainer):
-    """TRL rollout_func: the same completions for every run, in TRL's row order."""
+    """TRL rollout_func: the same completions for every run, by the row's place in its group
+    (TRL's global row order: rank r holds rows r·B ... r·B + B − 1)."""
     tok = trainer.processing_class
-    seen: dict = {}
+    first = trainer.accelerator.process_index * len(prompts)
     out = {"prompt_ids": [], "completion_ids": [], "logprobs": None}
-    for p in prompts:
-        j = seen[p] = seen.get(p, -1) + 1
+    for i, p in enumerate(prompts):
         out["prompt_ids"].append(tok(p, add_special_tokens=False)["input_ids"])
-        out["completion_ids"].append(completion_ids(tok, p, j % N))
+        out["completion_ids"].append(completion_ids(tok, p, (first + i) % N))
     return out
 
 
@@ -93,9 +94,10 @@ class Grads(TrainerCallback):
             self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def trl_grads(tmp_path: Path, cls=UpgeGRPOTrainer, ga: int = 1, steps: int = 1, **kw) -> tuple[dict, object]:
+def trl_grads(tmp_path: Path, cls=UpgeGRPOTrainer, ga: int = 1, steps: int = 1, ranks: int = 1,
+              **kw) -> tuple[dict, object]:
     tok, model = tiny()
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(PROMPTS) * N // ga,
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(PROMPTS) * N // ga // ranks,
                       gradient_accumulation_steps=ga, num_generations=N, max_completion_length=MAX_LEN,
                       max_steps=steps, learning_rate=1e-2, max_grad_norm=0.0, use_cpu=True, bf16=False,
                       fp16=False, report_to=[], logging_steps=1, save_strategy="no", seed=0,
@@ -212,6 +214,50 @@ def test_demonstration_column_missing_is_a_clear_error(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_gradient(tmp_path):
+    """hpt on 2 CPU ranks (gloo, DDP through TRL's accelerate), groups split across the ranks:
+    the gate and the normalisers are planned over both ranks, so the averaged gradient equals
+    one process's on the whole batch."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "grads.pt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), __file__, "hpt", str(out), str(tmp_path / "ranks")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = torch.load(out)
+    one, _ = trl_grads(tmp_path / "one", estimator="hpt", run_dir=False)
+    assert set(two) == set(one)
+    for name in one:
+        assert torch.allclose(two[name], one[name], atol=1e-6, rtol=0), (name, (two[name] - one[name]).abs().max())
+
+
+def _rank_main(preset: str, out: str, run: str) -> None:
+    """One rank of test_two_ranks_give_the_single_process_gradient (run by torch.distributed.run)."""
+    grads, trainer = trl_grads(Path(run), estimator=preset, run_dir=False, ranks=2)
+    if trainer.accelerator.is_main_process:
+        torch.save(grads, out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _rank_main(*sys.argv[1:4])
 
 
 @pytest.mark.slow
