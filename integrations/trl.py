@@ -121,6 +121,9 @@ def step_plan(est, reward: Tensor, mask: Tensor, group: Tensor, is_demo: Tensor,
     (padding, DAPO's all-equal groups) are left out, weight 0."""
     idx = planned.nonzero().squeeze(-1)
     zeros = torch.zeros_like(mask)
+    if len(idx) == 0:  # nothing to train this step (e.g. every DAPO group all-equal)
+        nothing = Plan(zeros, zeros[:, 0], zeros[:, 0])
+        return Plan(zeros, zeros[:, 0], zeros[:, 0], (nothing,) * len(est.reductions()) if isinstance(est, Hybrid) else ())
     b = Batch(logp=zeros, mask=mask, reward=reward, group=group, is_demo=is_demo, logp_old=zeros,
               logp_ref=zeros)
     return _scatter(est.plan(b.select(idx)), idx, mask.shape[0])
@@ -349,11 +352,14 @@ class UpgeGRPOTrainer(GRPOTrainer):
                         tuple(Plan(p.adv * isw, p.coef, p.ent) for p in plan.parts))
         old = inputs.get("old_per_token_logps")
         ref = inputs.get("ref_per_token_logps")
+        demo = inputs[f"{FIELDS}demo"]
+        if ref is not None:  # the KL term is the rollouts' (demonstration rows: KL 0, never inf · 0)
+            ref = torch.where(demo[:, None], logp.detach(), ref.to(dtype))
         B = logp.shape[0]
         b = Batch(logp=logp, mask=mask, reward=torch.zeros(B, dtype=dtype, device=logp.device),
-                  group=torch.arange(B, device=logp.device), is_demo=inputs[f"{FIELDS}demo"],
+                  group=torch.arange(B, device=logp.device), is_demo=demo,
                   logp_old=logp.detach() if old is None else old.to(dtype),
-                  logp_ref=None if ref is None else ref.to(dtype),
+                  logp_ref=ref,
                   entropy=entropy if self.est.uses_entropy else None)
         loss = self.est.terms(b, plan).sum() * self.accelerator.num_processes
         mode = "train" if self.model.training else "eval"

@@ -7,7 +7,8 @@ model built from a config and the character tokenizer made here.
   gradient_accumulation_steps, while TRL's own ``bnpo`` (normalised per micro-batch) does;
 * (slow) a 3-step hpt run writes gate decisions to TRL's log history and to our records, and
   the dashboard's Training page shows them; its trainer_state.json is read back by
-  records.foreign as the same series.
+  records.foreign as the same series;
+* (slow) hpt on 2 CPU ranks, a group split across them, gives the single-process gradient.
 
 TRL is imported once for this module; a missing TRL skips, unless UPGE_REQUIRE_TRL=1.
 """
@@ -28,6 +29,7 @@ from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 import records  # noqa: E402
+from estimators import Batch  # noqa: E402
 from integrations.trl import UpgeGRPOTrainer  # noqa: E402
 from records import foreign  # noqa: E402
 from training import base  # noqa: E402
@@ -199,6 +201,33 @@ def test_normaliser_is_planned_per_optimizer_step_unlike_trls_bnpo(tmp_path):
     gap = max(float((b1[n] - b2[n]).abs().max()) for n in b1)
     scale = max(float(b1[n].abs().max()) for n in b1)
     assert gap > 1e-3 * scale  # TRL's per-micro-batch normaliser moves the gradient
+
+
+def test_step_plan_leaves_unplanned_rows_out():
+    """Rows left out of the plan (padding, DAPO's all-equal groups) get weight 0 and are not
+    counted; the others get the plan of the batch without them. Nothing planned: all zero."""
+    from estimators import get
+    from integrations.trl import all_equal_groups, plan_fields, step_plan
+
+    g = torch.Generator().manual_seed(0)
+    B, T = 12, 5
+    mask = (torch.rand(B, T, generator=g) > 0.3).double()
+    mask[:, 0] = 1
+    reward = torch.tensor([1., 0, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0], dtype=torch.float64)
+    group = torch.arange(B) // 4
+    demo = torch.zeros(B, dtype=torch.bool)
+    planned = ~all_equal_groups(reward, group, ~demo)
+    assert planned.tolist() == [True] * 4 + [False] * 4 + [True] * 4
+    est = get("dapo")
+    got = step_plan(est, reward, mask, group, demo, planned)
+    keep = planned.nonzero().squeeze(-1)
+    zeros = torch.zeros_like(mask)
+    want = est.plan(Batch(logp=zeros[keep], mask=mask[keep], reward=reward[keep], group=group[keep],
+                          logp_old=zeros[keep]))
+    assert torch.equal(got.coef[keep], want.coef) and torch.equal(got.coef[~planned], torch.zeros(4, dtype=torch.float64))
+    assert float(got.coef[keep].sum()) != float(est.plan(Batch(logp=zeros, mask=mask, reward=reward, group=group)).coef.sum())
+    none = step_plan(get("hpt"), reward, mask, group, demo, torch.zeros(B, dtype=torch.bool))
+    assert all(float(v.abs().sum()) == 0 for v in plan_fields(none, T).values())
 
 
 def test_demonstration_column_missing_is_a_clear_error(tmp_path):
