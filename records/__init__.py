@@ -13,6 +13,8 @@ this package and nothing else of the project.
 ``records.checks``          field-type tables of the record rows; reading a jsonl file into a
                             frame, malformed rows skipped with a note
 ``records.summary``         one row per run: method, model, final accuracy, wall time
+``records.foreign``         other trainers' logs as run records: TRL ``trainer_state.json``,
+                            verl's file-logger JSONL (their metric names mapped onto ours)
 ==========================  ==============================================================
 
 Nothing here imports torch.
@@ -358,8 +360,13 @@ def read_numbered(path: Path) -> tuple[list[tuple[int, dict]], Notes]:
 
 def is_run_dir(path: Path) -> bool:
     path = Path(path)
-    return path.is_dir() and (any(os.path.lexists(path / name) for name in (CONFIG, METRICS))
-                              or (path / PROBES_DIR).is_dir())
+    if not path.is_dir():
+        return False
+    if any(os.path.lexists(path / name) for name in (CONFIG, METRICS)) or (path / PROBES_DIR).is_dir():
+        return True
+    from records import foreign  # another trainer's run: TRL output dir, verl file logger
+
+    return foreign.kind(path) is not None
 
 
 def list_runs(root: Path) -> list[Path]:
@@ -454,7 +461,14 @@ def create_run_dir(root: Path | str, name: str, unique: bool = True) -> Path:
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], Notes]:
-    """Metric rows, with metrics of older runs under their current names (`RENAMED_METRICS`)."""
+    """Metric rows, with metrics of older runs under their current names (`RENAMED_METRICS`);
+    a TRL or verl run's rows under our names where they mean the same (`records.foreign`)."""
+    if not (Path(run_dir) / METRICS).exists():
+        from records import foreign
+
+        rows, notes, kind = foreign.read_metrics(run_dir)
+        if kind:
+            return rows, notes
     rows, notes = read_jsonl(Path(run_dir) / METRICS)
     return [{RENAMED_METRICS.get(k, k): v for k, v in r.items()} for r in rows], notes
 

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 import records
+from records import foreign
 from records.checks import (EVAL_TYPES, METRIC_TYPES, PROBE_TYPES, SAMPLE_TYPES, frame,
                             note_texts, read_frame, read_object)
 
@@ -115,6 +116,11 @@ def load_run(run_dir: Path, root: Path | None = None, with_eval: bool = True) ->
     rec.config = read_object(run_dir / records.CONFIG, notes)
     rec.status = read_object(run_dir / records.STATUS, notes)
     rec.metrics = metrics_frame(read_frame(run_dir / records.METRICS, METRIC_TYPES, notes))
+    if rec.metrics.empty and foreign.kind(run_dir):  # a TRL or verl run beside ours
+        rows, foreign_notes, _ = foreign.read_metrics(run_dir)
+        rec.metrics = metrics_frame(rows)
+        rec.config = rec.config or foreign.config_of(run_dir)
+        notes.items += foreign_notes.items
     rec.notes += note_texts(notes, run_dir, root)
     if with_eval or records.EVAL_ACCURACY not in rec.metrics.columns:
         rec.eval, eval_notes = load_eval(run_dir, root)

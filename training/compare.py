@@ -13,6 +13,10 @@ method, seeds ``--tune-seeds``, disjoint from the reported seeds) and scores eac
 every training problem); each preset then runs at its best learning rate, chosen by validation
 score only, and is reported on the test split. The choice is written to ``tuning.json`` in the
 runs dir. Extra arguments after ``--`` go to every ``training.run``.
+
+``python -m training.compare --read runs/hpt-s0 trl_out/ verl_logs/my_project`` trains nothing:
+it reads the runs given — ours, TRL output dirs, verl file-logger dirs (`records.foreign`) — and
+prints their last logged values side by side, under our metric names.
 """
 from __future__ import annotations
 
@@ -152,6 +156,33 @@ def table(results: dict, base: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+READ_COLUMNS = (records.ROLLOUT_REWARD, records.ROLLOUT_ACCURACY, records.TRAIN_ENTROPY,
+                records.ROLLOUT_LENGTH, records.GRAD_NORM, records.GATE_SFT_FRACTION, records.EVAL_ACCURACY)
+
+
+def last_values(run_dir: Path) -> dict:
+    """{metric: last logged value} of a run of ours, TRL's or verl's (our names), with "steps"."""
+    rows, _ = records.read_metrics(run_dir)
+    out: dict = {"steps": max((r["step"] for r in rows), default=0)}
+    for r in rows:
+        out.update({k: v for k, v in r.items() if isinstance(v, (int, float)) and k != "step"})
+    return out
+
+
+def read_table(run_dirs: list[Path]) -> str:
+    """Markdown table of existing runs (any trainer): their last value of each `READ_COLUMNS`
+    metric that one of them logged."""
+    from records import foreign
+
+    found = {Path(d): last_values(Path(d)) for d in run_dirs}
+    cols = [c for c in READ_COLUMNS if any(c in v for v in found.values())]
+    lines = ["| run | trainer | steps | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
+    for d, v in found.items():
+        cells = [f"{v[c]:.4g}" if c in v else "" for c in cols]
+        lines.append(f"| {d.name} | {foreign.kind(d) or 'upge'} | {v['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_one(preset: str, seed: int, root: Path, extra: list[str], run_id: str | None = None) -> Path:
     run_dir = root / (run_id or f"{preset}-s{seed}")
     status = records.read_status(run_dir)
@@ -228,6 +259,8 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", default="sft,grpo,sft_then_grpo,luffy,hpt")
+    p.add_argument("--read", nargs="+", metavar="RUN_DIR", default=None,
+                   help="train nothing: print the last metrics of these runs (ours, TRL, verl)")
     p.add_argument("--seeds", type=seed_list, default="0,1,2")
     p.add_argument("--runs-dir", default="runs/compare")
     p.add_argument("--jobs", type=positive_int, default=max(1, (os.cpu_count() or 1)),
@@ -241,6 +274,13 @@ def main(argv=None) -> str:
     p.add_argument("--reference", default="hpt",
                    help="paired differences: this preset minus each other one, seed by seed")
     args, extra = p.parse_known_args(argv)
+    if args.read:
+        missing = [d for d in args.read if not records.is_run_dir(Path(d))]
+        if missing:
+            p.error(f"not a run directory (ours, a TRL output dir or a verl file-logger dir): {', '.join(missing)}")
+        out = read_table([Path(d) for d in args.read])
+        print(out)
+        return out
     extra = [a for a in extra if a != "--"]
     presets, seeds = args.presets.split(","), args.seeds
     if args.tune != "none":
