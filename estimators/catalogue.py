@@ -125,8 +125,8 @@ class PassAtK(Advantage):
     unbiased max@k' estimate (k' = max(k−1, 1)) of the other n−1 rewards, which does not depend
     on y_i and so keeps the estimate unbiased (``baseline="none"``: b = 0). Â_i = n·(r̃_i − b_i),
     so with `parts.SeqMeanTokenSum` E ĝ = mean_x ∇pass@k(x) exactly. k = 1 gives RLOO.
-    Groups smaller than k use k = n. Rewards are shifted by the group minimum first (max is
-    shift-equivariant), so equal rewards give Â = 0 exactly."""
+    Groups smaller than k use k = n. With the baseline, rewards are first shifted by the group
+    minimum (both terms shift alike), so equal rewards give Â = 0 exactly."""
 
     k: int = 4
     baseline: str = "loo"
@@ -143,9 +143,11 @@ class PassAtK(Advantage):
     def _one(self, r: Tensor) -> Tensor:
         n = r.numel()
         k = min(self.k, n)
+        if self.baseline == "none":
+            return n * _subset_max_weights(r, k)
         r = r - r.min()
         adv = _subset_max_weights(r, k)
-        if self.baseline == "loo" and n > 1:
+        if n > 1:
             j = min(max(k - 1, 1), n - 1)
             c = torch.tensor(_max_at_k_weights(n - 1, j), dtype=r.dtype)
             others = torch.stack([torch.sort(torch.cat([r[:i], r[i + 1:]])).values for i in range(n)])
