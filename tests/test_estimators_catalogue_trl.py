@@ -332,7 +332,7 @@ def test_pkpo_transform_is_the_mean_over_k_subsets_of_the_max():
     assert torch.allclose(_subset_max_weights(r, k), want, atol=1e-12)
 
 
-@pytest.mark.parametrize("G_, k", [(2, 1), (2, 2), (3, 2), (3, 3), (4, 2)])
+@pytest.mark.parametrize("G_, k", [(2, 1), (2, 2), (3, 1), (3, 2), (3, 3)])
 @pytest.mark.parametrize("baseline", ["loo", "none"])
 def test_pkpo_expected_update_is_the_gradient_of_pass_at_k(G_, k, baseline):
     from test_estimators_exact import SEQS, expected_estimate, make_theta, reward, token_logp
