@@ -158,8 +158,8 @@ class RolloutIS(Denominator):
         return f"{self.base.formula()} · {op}({r}, [{self.floor:g}, {self.cap:g}])"
 
     base: Denominator = Old()
-    cap: float = 2.0
-    floor: float = 0.0
+    cap: float = 3.0      # C_max: TRL 1.16's vllm_importance_sampling_clip_max default
+    floor: float = 0.0    # C_min: TRL's vllm_importance_sampling_clip_min=None
     level: str = TOKEN
     bound: str = TRUNCATE
 
