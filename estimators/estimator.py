@@ -167,6 +167,10 @@ class Estimator:
     def with_kl(self, kl: Optional[P.KLPenalty]) -> "Estimator":
         return self.replace(kl=kl)
 
+    def at_step(self, step: int) -> "Estimator":
+        """This estimator at training step ``step`` (only gates are scheduled): itself."""
+        return self
+
     @property
     def uses_entropy(self) -> bool:
         """Whether a step must compute the policy's entropy (an entropy bonus)."""
@@ -293,6 +297,11 @@ class Hybrid:
         h = replace(self, rl=self.rl.map_parts(lambda s, p: fn("rl." + s, p)),
                     sft=self.sft.map_parts(lambda s, p: fn("sft." + s, p)))
         return _map(h, fn, ("gate", "joint"))
+
+    def at_step(self, step: int) -> "Hybrid":
+        """This mixture with its gate at training step ``step`` (CHORD's scheduled μ)."""
+        gate = self.gate.at_step(step)
+        return self if gate is self.gate else self.replace(gate=gate)
 
     def with_kl(self, kl: Optional[P.KLPenalty]) -> "Hybrid":
         """The KL term on the rollout component (the demonstrations are not the policy's samples)."""

@@ -15,7 +15,7 @@ All parts are frozen dataclasses: their fields are the hyper-parameters and can 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -110,30 +110,112 @@ class SequenceRatio(Denominator):
         return s[:, None].expand_as(b.logp)
 
 
-@dataclass(frozen=True)
-class TruncatedIS(Denominator):
-    """Truncated importance sampling (Ionides 2008; Yao et al. 2025, rollout/trainer mismatch):
-    the mask and the likelihood see ρ_base (e.g. π_θ/π_θold), and the detached token weight
-    w = min(π_θold/π_behavior, cap) multiplies the term *after* them, as TRL's
-    ``vllm_importance_sampling_mode="token_truncate"`` does (−min(ρÂ, clip(ρ)Â)·w): the clip acts
-    on ρ alone, never on ρ·w.
+TOKEN, SEQUENCE = "token", "sequence"      # RolloutIS.level: one ratio per token / per row
+TRUNCATE, MASK = "truncate", "mask"        # RolloutIS.bound: clip into [floor, cap] / zero outside
 
-    Corrects rows sampled by an engine (e.g. vLLM) whose log-probs differ from the trainer's.
-    With cap ≥ max ratio it is plain token IS; with π_behavior = π_θold it is `base`."""
+
+def _token_ratio(d: Tensor, mask: Tensor) -> Tensor:
+    return d
+
+
+def _sequence_ratio(d: Tensor, mask: Tensor) -> Tensor:
+    return d.sum(-1, keepdim=True).expand_as(d)
+
+
+def _truncate(w: Tensor, floor: float, cap: float) -> Tensor:
+    return w.clamp(min=floor, max=cap)
+
+
+def _mask_outside(w: Tensor, floor: float, cap: float) -> Tensor:
+    return torch.where((w >= floor) & (w <= cap), w, torch.zeros_like(w))
+
+
+LEVELS = {TOKEN: _token_ratio, SEQUENCE: _sequence_ratio}
+BOUNDS = {TRUNCATE: _truncate, MASK: _mask_outside}
+
+
+@dataclass(frozen=True)
+class RolloutIS(Denominator):
+    """Rollout-correction importance sampling (rollout engine ≠ trainer): the mask and the
+    likelihood see ρ_base (e.g. π_θ/π_θold); the detached weight w multiplies the term *after*
+    them, as TRL's ``GRPOTrainer`` does (−min(ρÂ, clip(ρ)Â)·w): the clip acts on ρ alone.
+
+        r_t = π_θold(y_t)/π_behavior(y_t)                 level "token"
+        r_t = Π_s π_θold(y_s)/π_behavior(y_s) (per row)   level "sequence"
+        w   = clip(r, floor, cap)                         bound "truncate" (TIS; Ionides 2008,
+                                                          Yao et al. 2025)
+        w   = r·1[floor ≤ r ≤ cap]                        bound "mask" (MIS; IcePop,
+                                                          arXiv 2510.18855, is floor=0.5, cap=5)
+
+    TRL 1.16 ``vllm_importance_sampling_mode`` ↔ (level, bound) one to one: token_truncate,
+    token_mask, sequence_truncate, sequence_mask, with cap = ``vllm_importance_sampling_clip_max``
+    and floor = ``vllm_importance_sampling_clip_min`` (None ↔ 0). With cap = ∞ and floor = 0
+    every mode is plain IS (token or sequence); with π_behavior = π_θold it is ``base``."""
 
     def formula(self) -> str:
-        return f"{self.base.formula()} · min(π_θold/π_behavior, {self.cap})"
+        r = "Π_t π_θold/π_behavior" if self.level == SEQUENCE else "π_θold/π_behavior"
+        op = "clip" if self.bound == TRUNCATE else "mask"
+        return f"{self.base.formula()} · {op}({r}, [{self.floor:g}, {self.cap:g}])"
 
     base: Denominator = Old()
-    cap: float = 2.0
+    cap: float = 3.0      # C_max: TRL 1.16's vllm_importance_sampling_clip_max default
+    floor: float = 0.0    # C_min: TRL's vllm_importance_sampling_clip_min=None
+    level: str = TOKEN
+    bound: str = TRUNCATE
+
+    def __post_init__(self):
+        if self.level not in LEVELS or self.bound not in BOUNDS:
+            raise ValueError(f"{type(self).__name__}(level={self.level!r}, bound={self.bound!r}): level must be "
+                             f"one of {sorted(LEVELS)}, bound one of {sorted(BOUNDS)}")
+        if not self.floor < self.cap:
+            raise ValueError(f"{type(self).__name__}: floor {self.floor} must be below cap {self.cap}")
 
     def __call__(self, b: Batch) -> Tensor:
         return self.base(b)
 
+    def raw(self, b: Batch) -> Tensor:
+        """[B, T] the unbounded ratio r (every token of a row carries its row's at level "sequence")."""
+        d = masked(b, b.logp_old - b.logp_behavior).detach()
+        return torch.exp(LEVELS[self.level](d, b.mask))
+
     def weight(self, b: Batch) -> Tensor:
-        w = torch.exp(masked(b, b.logp_old - b.logp_behavior)).clamp(max=self.cap).detach()
+        w = BOUNDS[self.bound](self.raw(b), self.floor, self.cap)
         inner = self.base.weight(b)
         return w if inner is None else w * inner
+
+    def summary(self, b: Batch) -> Tensor:
+        """[Σw, Σw², tokens, tokens with w changed (clipped or masked), max w] over the rollout
+        tokens of ``b``: the sums behind the effective sample size (Σw)²/(n·Σw²), the share
+        corrected and the largest weight (`RolloutIS` statistics in the run records)."""
+        m = b.mask * b.rollouts[:, None].to(b.mask.dtype)
+        r = self.raw(b)
+        w = BOUNDS[self.bound](r, self.floor, self.cap)
+        changed = ((w != r) & (m > 0)).to(m.dtype)
+        top = (w * m).max() if m.numel() else m.sum()
+        return torch.stack([(w * m).sum(), (w * w * m).sum(), m.sum(), changed.sum(), top]).detach()
+
+
+@dataclass(frozen=True)
+class TruncatedIS(RolloutIS):
+    """Token-level truncated IS (TIS): `RolloutIS` with level "token", bound "truncate", weight
+    w = min(π_θold/π_behavior, cap) (TRL ``vllm_importance_sampling_mode="token_truncate"``).
+    Corrects rows sampled by an engine (e.g. vLLM) whose log-probs differ from the trainer's.
+    With cap ≥ max ratio it is plain token IS; with π_behavior = π_θold it is `base`."""
+
+    level: str = field(default=TOKEN, init=False, repr=False)
+    bound: str = field(default=TRUNCATE, init=False, repr=False)
+
+
+# ``--rollout-correction`` name → the part (cap/floor: --tis-cap/--tis-floor, but IcePop's own).
+# The first four are TRL 1.16's ``vllm_importance_sampling_mode`` values, one to one.
+ROLLOUT_CORRECTIONS = {
+    "token_truncate": TruncatedIS(),                                 # TIS
+    "token_mask": RolloutIS(level=TOKEN, bound=MASK),                # MIS
+    "sequence_truncate": RolloutIS(level=SEQUENCE, bound=TRUNCATE),  # sequence-level TIS
+    "sequence_mask": RolloutIS(level=SEQUENCE, bound=MASK),          # sequence-level MIS
+    "icepop": RolloutIS(level=TOKEN, bound=MASK, floor=0.5, cap=5.0),  # IcePop arXiv 2510.18855
+}
+FIXED_BOUNDS = ("icepop",)   # corrections whose bounds are the method's, not --tis-cap/--tis-floor
 
 
 # ---------------------------------------------------------------------------------- masks
@@ -572,4 +654,4 @@ def describe(part) -> str:
 
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "dataclass",
-           "Optional", "Tensor", "torch", "F", "Batch", "BatchError")]
+           "Optional", "Tensor", "torch", "F", "Batch", "BatchError", "field")]

@@ -7,6 +7,7 @@ the trainer replaces them with its own ``max_new_tokens`` where the method says 
 from __future__ import annotations
 
 from .estimator import ALL, DEMOS, Estimator, Hybrid, TrainerSteps
+from .catalogue import ChordPhi, ChordSchedule, EntropyMasked, GammaWeight, PassAtK, SequenceRatioTokenGrad
 from .parts import (CISClip, Clip, ConstantNormaliser, Current, GAE, GroupNormalised, Always,
                     NoClip, Old, Ones, Plain, Reward, SeqMeanTokenMean,
                     SeqMeanTokenSum, SequenceGeometric, Shaped, Switch, TokenMean, Unit, WhitenedReturns)
@@ -14,6 +15,8 @@ from .parts import (CISClip, Clip, ConstantNormaliser, Current, GAE, GroupNormal
 GRPO_ADV = GroupNormalised(center="mean", scale="std")
 DR_GRPO_ADV = GroupNormalised(center="mean", scale="none")
 OFFICIAL_HPT_NORMALISER = ConstantNormaliser(constant=8192 * 8, per_row=False)
+TRL_ADV = GroupNormalised(center="mean", scale="std", eps=1e-4)   # TRL 1.16 scale_rewards="group"
+TRL_CLIP = Clip(0.2, 0.2)                                          # TRL 1.16 epsilon (epsilon_high = epsilon)
 
 SFT = Estimator(NoClip(), Current(), Ones(), Plain(), TokenMean(), rows=DEMOS,
                 source="paper Table 1 row SFT, App. A Eq. 14–15 (token-mean NLL of the demonstration)")
@@ -78,6 +81,36 @@ _TABLE: dict = {
         trainer=TrainerSteps(gated_demos=True),
         source="paper §2.4 Eq. 10–12 as printed: std-normalised Â, PPO clip (ε unstated; 0.2), "
                "(1/n)Σ_iΣ_t, SFT (1/|τ*|)Σ_t"),
+    # TRL 1.16 GRPOTrainer loss types (trl/trainer/grpo_trainer.py ``_compute_loss``)
+    "bnpo": Estimator(
+        TRL_CLIP, Old(), TRL_ADV, Plain(), TokenMean(),
+        source="TRL 1.16 loss_type=\"bnpo\": PPO clip, Σ ℓ / active tokens — TRL counts the tokens of "
+               "each micro-batch; here the step's tokens once (micro-batching never changes the gradient)"),
+    "luspo": Estimator(
+        TRL_CLIP, SequenceGeometric(), TRL_ADV, Plain(), SeqMeanTokenSum(),
+        source="LUSPO arXiv 2602.05261; TRL 1.16 loss_type=\"luspo\" with importance_sampling_level="
+               "\"sequence\": GSPO's clipped sequence ratio, each row's loss × its length, mean over rows"),
+    "vespo": Estimator(
+        GammaWeight(), SequenceRatioTokenGrad(), TRL_ADV, Plain(), TokenMean(),
+        source="VESPO arXiv 2602.10693; TRL 1.16 loss_type=\"vespo\": −φ(w)·Â·log π_θ with the gamma "
+               "weight φ of the sequence ratio w (k, λ = 2, 3 for Â ≥ 0; 3, 2 else), token-mean"),
+    # beyond both peers
+    "chord": Hybrid(
+        rl=Estimator(Clip(0.2, 0.2), Old(), GRPO_ADV, Plain(), TokenMean()),
+        sft=Estimator(NoClip(), Unit(), Ones(), ChordPhi(), TokenMean(), rows=DEMOS),
+        gate=ChordSchedule(), trainer=TrainerSteps(gated_demos=True),
+        source="Zhang et al. (CHORD) arXiv 2508.11408 §3.2–3.3: (1−μ)·L_GRPO + μ·L_SFT-φ, φ = p(1−p) on "
+               "the expert tokens, μ scheduled 0.9 → 0.05 (cosine); n rollouts + the demonstration per prompt"),
+    "pkpo": Estimator(
+        NoClip(), Current(), PassAtK(k=4), Plain(), SeqMeanTokenSum(),
+        source="Walder & Karkhanis (PKPO) arXiv 2505.15201 §3–4: rewards jointly transformed so that "
+               "E ĝ = ∇pass@k (k = 4), leave-one-out baseline"),
+    "entropy_mask": Estimator(
+        Clip(0.2, 0.28), Old(), EntropyMasked(GRPO_ADV, quantile=0.2), Plain(), TokenMean(),
+        needs=("entropy",),
+        trainer=TrainerSteps(dynamic_sampling=True, overlong_buffer=4096, overlong_penalty=1.0),
+        source="Wang et al. \"Beyond the 80/20 rule\" arXiv 2506.01939 §4: DAPO with the policy gradient "
+               "on the top 20 % highest-entropy tokens of the batch only (any preset: --entropy-mask Q)"),
 }
 
 PRESETS: dict = {name: est.replace(name=name) for name, est in _TABLE.items()}

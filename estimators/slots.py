@@ -66,3 +66,7 @@ class Gate(Protocol):
     """A Hybrid's gate: ``(c, n, P) per row → (α, β) per row`` (c correct of n rollouts, P = c/n)."""
 
     def __call__(self, c: Tensor, n: Tensor, p: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def at_step(self, step: int) -> "Gate":
+        """This gate at training step ``step`` (a scheduled gate; itself by default)."""
+        return self

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from estimators import Batch, Hybrid, parts as Pt
+from estimators.catalogue import PassAtK
 from estimators.estimator import DEMOS, SFT_LABEL
 from estimators.slots import CONSTANT, ROWS, TOKENS
 
@@ -92,6 +93,11 @@ class Context:
         return self.tree.values(self.theta_old)
 
     @cached_property
+    def entropy_old(self) -> Tensor:
+        """[X, J, H] π_old's next-token entropy along each sequence (entropy-masked estimators)."""
+        return self.tree.token_entropy(self.theta_old)
+
+    @cached_property
     def q(self) -> Tensor:
         """[3, P, J] slot distributions q_S, q_F, q_D (π_old on C_x, on its complement, π_β)."""
         x = self.prompts
@@ -124,7 +130,7 @@ def exact_support(est) -> tuple[bool, str]:
     """Whether exact moments apply: group-local advantage (Ones, Reward, GroupNormalised) and a
     normaliser that is fixed given the update size (row count or constant; for a `Hybrid`, whose
     gate changes the trained row count per prompt, only constants)."""
-    local_adv = (Pt.Ones, Pt.Reward, Pt.GroupNormalised)
+    local_adv = (Pt.Ones, Pt.Reward, Pt.GroupNormalised, PassAtK)
     counts = {r.counts for r in est.reductions()}
     if isinstance(est, Hybrid):
         if counts != {CONSTANT}:
@@ -152,6 +158,8 @@ def make_batch(ctx: Context, est, x: Tensor, j: Tensor, demo: Tensor, group: Ten
         f["values"] = ctx.values_old[x, j]
     if "logp_ref" in est.needs:   # a KL to π_ref (REINFORCE++'s reward): measured at π_ref = π_old
         f["logp_ref"] = f["logp_old"]
+    if "entropy" in est.needs:    # the entropy mask reads π_old's token entropy
+        f["entropy"] = ctx.entropy_old[x, j]
     return Batch(**prepare(f)), leaf
 
 

@@ -12,6 +12,7 @@ Targets (probes-spec §1.1, §1.3):
 * ``KL``    mean_x E_{π_β}[∇log π_θ] = −∇KL(π_β‖π_θ) (SFT, DFT arXiv 2508.05629).
 * ``Jmu``   mean_x [((G−1)/G)·∇p_x + μ_x ∇log π_θ(y*_x)], μ_x = β(1−p_x)^G: the closed form
             of HPT with γ = 0 (probes-spec §1.3), i.e. ∇J_μ up to the Dr. GRPO factor (G−1)/G.
+* ``passk`` mean_x ∇pass@k(x) = mean_x k(1−p_x)^(k−1)·∇p_x (PKPO, k of the pkpo preset).
 
 Sequence-level importance sampling (the unbiased off-policy reference, probes-spec §1.3 (i))
 is the part `estimators.parts.SequenceRatio`, composed with the project's `Estimator`.
@@ -131,6 +132,12 @@ def on_policy() -> list[Probe]:
         Probe("hpt_paper", preset("hpt_paper"), target="Jmu"),
         Probe("hpt[γ=0,const]", _hpt_const(0), target="Jmu", unit=_one),
         Probe("hpt[γ=1,const]", _hpt_const(1), target="Jmu", unit=_one),
+        Probe("bnpo", preset("bnpo"), target="w", note="token-mean over the step (TRL: per micro-batch)"),
+        Probe("luspo", preset("luspo"), target="w", note="sequence clip, loss × length"),
+        Probe("vespo", preset("vespo"), target="w", note="gamma weight of the sequence ratio"),
+        Probe("chord", preset("chord"), note="(1−μ)·GRPO + μ·φ-SFT, μ = 0.9 at step 0"),
+        Probe("pkpo", preset("pkpo"), target="passk", note="unbiased for ∇pass@k, not ∇J"),
+        Probe("entropy_mask", preset("entropy_mask"), target="w", note="top-20 % entropy tokens"),
     ]
 
 

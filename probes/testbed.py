@@ -188,6 +188,13 @@ class Tree:
         lp = self.seq_logp(theta)
         return -(lp.exp() * lp).sum(-1)
 
+    def token_entropy(self, theta: Tensor) -> Tensor:
+        """[X, J, H] H(π_θ(·|x, y_<t)) of the next-token distribution at each position, 0 on
+        padding (what an entropy mask reads, arXiv 2506.01939)."""
+        lp = torch.log_softmax(self.policy.logits(theta), -1)  # [X, nodes, V]
+        h = -(lp.exp() * lp).sum(-1)
+        return h[:, self.node] * self.mask
+
     def values(self, theta: Tensor) -> Tensor:
         """[X, J, H] exact critic V(x, y_<t) = P(r=1 | prefix) under π_θ (for PPO/GAE)."""
         tl = self.token_logp(theta)

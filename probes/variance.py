@@ -40,7 +40,9 @@ DEFAULT_MC = 200  # replicates for estimators without exact moments when --mc is
 COLUMNS = ("estimator", "target", "G", "N", "demos", "exact", "scale", "cos", "cos_tgt", "dir_err",
            "rel_bias", "trCov", "trCov/a2", "SNR", "B_simple", "B_groups", "E[cos]", "work_var",
            "P(zero)", "KL", "max_rho", "clip_frac", "ESS", "gate_frac")
-TARGETS = {"J": "J", "w": "w(p,G)·∇p", "KL": "-KL(β‖θ)", "Jmu": "Jμ,μ=β(1-p)^G"}
+PASS_K = estimators.get("pkpo").advantage.k   # the pass@k target of the pkpo preset
+TARGETS = {"J": "J", "w": "w(p,G)·∇p", "KL": "-KL(β‖θ)", "Jmu": "Jμ,μ=β(1-p)^G",
+           "passk": f"pass@{PASS_K}"}
 
 
 class UsageError(ValueError):
@@ -73,14 +75,16 @@ def off_policy_extras(ctx: Mo.Context) -> dict:
 
 
 def targets(tree: Tree, theta, G: int, prompts) -> dict:
-    """Declared target gradients (see `registry`): J, w, KL, Jmu, each a mean over prompts."""
+    """Declared target gradients (see `registry`): J, w, KL, Jmu, passk (∇pass@k =
+    k(1−p)^(k−1)∇p), each a mean over prompts."""
     gp = tree.grad_p(theta)[prompts]
     gd = tree.grad_demo_logp(theta)[prompts]
     p = tree.pass_rate(theta)[prompts]
     w = Mo.group_weight(estimators.get("grpo").advantage, p, G)
     mu = (1 - p) ** G  # β = 1 (the presets' gate β)
     return {"J": gp.mean(0), "w": (w[:, None] * gp).mean(0), "KL": gd.mean(0),
-            "Jmu": ((G - 1) / G * gp + mu[:, None] * gd).mean(0)}
+            "Jmu": ((G - 1) / G * gp + mu[:, None] * gd).mean(0),
+            "passk": (PASS_K * (1 - p[:, None]) ** (PASS_K - 1) * gp).mean(0)}
 
 
 @dataclass

@@ -68,6 +68,12 @@ Metric names (namespaced; defined here once and used everywhere):
                                   shows at every step; vLLM: what TIS corrects. Runs before
                                   this key wrote ``rollout/engine_logp_gap`` (vLLM only); the
                                   readers map it onto this name
+``rollout/is_ess``                 rollout correction (``--rollout-correction``): effective sample
+                                  size of its token weights w, (Σw)²/(n·Σw²) ∈ (0, 1] (1: no
+                                  correction needed), over the step's rollout tokens
+``rollout/is_corrected_fraction`` share of rollout tokens whose weight the correction changed
+                                  (truncated or masked)
+``rollout/is_weight_max``         largest rollout-correction weight of the step (after bounds)
 ``gate/sft_fraction``             fraction of prompts the HPT gate sent to SFT
 ``gate/mean_beta``                mean SFT weight β over the gated prompts (``Hybrid`` estimator
                                   stats; ``estimators`` writes the literal, it imports no records)
@@ -118,6 +124,9 @@ ROLLOUT_ALL_EQUAL = "rollout/all_equal_fraction"
 ROLLOUT_VERIFIER_TIMEOUTS = "rollout/verifier_timeouts"
 ROLLOUT_LOGP_GAP = "rollout/logp_gap"
 RENAMED_METRICS = {"rollout/engine_logp_gap": ROLLOUT_LOGP_GAP}  # old name -> current name
+ROLLOUT_IS_ESS = "rollout/is_ess"
+ROLLOUT_IS_CORRECTED = "rollout/is_corrected_fraction"
+ROLLOUT_IS_WEIGHT_MAX = "rollout/is_weight_max"
 GATE_SFT_FRACTION = "gate/sft_fraction"
 GATE_MEAN_BETA = "gate/mean_beta"
 GATE_OFFLINE_RATIO = "gate/offline_ratio"

@@ -138,6 +138,21 @@ def test_other_presets_write_complete_records(tiny_model, tmp_path, preset):
     assert metrics[2]["data/demos_truncated"] >= 0
 
 
+@pytest.mark.parametrize("preset", ["bnpo", "luspo", "vespo", "chord", "pkpo", "entropy_mask"])
+def test_catalogue_presets_train_two_steps(tiny_model, tmp_path, preset):
+    """The TRL loss types and chord / pkpo / entropy_mask end to end; bnpo with a masked
+    rollout correction, whose statistics reach the records."""
+    extra = ("--rollout-correction", "token_mask") if preset == "bnpo" else ()
+    run.main(small(preset, tiny_model, tmp_path, *extra), reward_fn=parity_reward)
+    check_common(tmp_path / preset)
+    metrics, _ = read(tmp_path / preset)
+    for step in (1, 2):
+        assert math.isfinite(metrics[step][records.TRAIN_LOSS]) and math.isfinite(metrics[step][records.GRAD_NORM])
+        if extra:
+            assert 0 < metrics[step][records.ROLLOUT_IS_ESS] <= 1
+            assert metrics[step][records.ROLLOUT_IS_WEIGHT_MAX] > 0
+
+
 @pytest.mark.parametrize("temperature", ["0.7", "1.3"])
 def test_every_step_records_the_sampler_trainer_logp_gap(tiny_model, tmp_path, temperature):
     """rollout/logp_gap: HF generate's own log-probs of its samples against the trainer's

@@ -212,13 +212,14 @@ class Rollouts:
 
 class StepMetrics(dict):
     """The step's metrics row (records keys), filled by the phases of the step; also the gate's
-    decisions (group → "sft" | "rl") and the token sums behind train/entropy, train/demo_nll
-    and rollout/logp_gap."""
+    decisions (group → "sft" | "rl") and the token sums behind train/entropy, train/demo_nll,
+    rollout/logp_gap and the rollout correction's statistics (rollout/is_*)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.gates: dict = {}
-        self.sums = torch.zeros(6, dtype=torch.float64)  # see `tokens`
+        self.sums = torch.zeros(10, dtype=torch.float64)  # see `tokens`
+        self.is_max = 0.0                                 # largest rollout-correction weight
 
     def add(self, key: str, value: float) -> None:
         self[key] = self.get(key, 0.0) + value
@@ -226,27 +227,36 @@ class StepMetrics(dict):
     def token_means(self, dist) -> dict:
         """train/entropy over the response tokens scored this step, train/demo_nll over their
         demonstration tokens and rollout/logp_gap over their rollout tokens, over all ranks."""
-        ent, n, nll, n_demo, gap, n_gap = dist.sum_tensor(self.sums).tolist()  # one collective
+        ent, n, nll, n_demo, gap, n_gap, w, w2, n_is, changed = dist.sum_tensor(self.sums).tolist()  # one collective
         out = {records.TRAIN_ENTROPY: ent / max(n, 1.0)}
         if n_demo > 0:
             out[records.TRAIN_DEMO_NLL] = nll / n_demo
         if n_gap > 0:
             out[records.ROLLOUT_LOGP_GAP] = gap / n_gap
+        if n_is > 0:  # the same on every rank (summed), so every rank gathers
+            out[records.ROLLOUT_IS_ESS] = w * w / (n_is * w2) if w2 > 0 else 0.0
+            out[records.ROLLOUT_IS_CORRECTED] = changed / n_is
+            out[records.ROLLOUT_IS_WEIGHT_MAX] = max(dist.gather([self.is_max]))
         return out
 
-    def tokens(self, scored, b: Batch, known: bool) -> None:
+    def tokens(self, scored, b: Batch, known: bool, correction=None) -> None:
         """Add the entropy and demonstration NLL of scored rows (``b``: their Batch, π_θold =
         the scored log-probs) to the step's sums, and, when the sampler returned its log-probs
-        (``known``), Σ |log p_sampler − log π_θold| over their rollout tokens."""
+        (``known``), Σ |log p_sampler − log π_θold| over their rollout tokens and the sums of
+        the rollout ``correction``'s weights (`estimators.parts.RolloutIS.summary`)."""
         T = scored.logp.shape[1]
         mask = b.mask[:, :T]
         demo = b.is_demo[:, None] * mask
         roll = b.rollouts[:, None] * mask * float(known)
         with torch.no_grad():
             gap = (b.logp_behavior[:, :T] - b.logp_old[:, :T]).abs() * roll
-            self.sums += torch.stack([(scored.entropy * mask).sum(), mask.sum(),
-                                      -(scored.logp * demo).sum(), demo.sum(), gap.sum(),
-                                      roll.sum()]).double().cpu()
+            self.sums[:6] += torch.stack([(scored.entropy * mask).sum(), mask.sum(),
+                                          -(scored.logp * demo).sum(), demo.sum(), gap.sum(),
+                                          roll.sum()]).double().cpu()
+            if correction is not None and known:
+                w, w2, n, changed, top = correction.summary(b).double().cpu().tolist()
+                self.sums[6:] += torch.tensor([w, w2, n, changed], dtype=torch.float64)
+                self.is_max = max(self.is_max, top)
 
 
 @dataclass

