@@ -44,14 +44,18 @@ def markdown() -> str:
         row = [f"`{name}`"] + [_cell(est, c) for c in COLUMNS] + ["; ".join(extras) or "—", est.source]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     lines += ["", "## Parts", ""]
-    from . import parts
+    from . import baselines, parts, regions
     for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.SequenceRatio,
                 parts.TruncatedIS,
                 parts.NoClip, parts.Clip, parts.CISClip, parts.Plain, parts.Shaped, parts.Ones,
                 parts.Reward, parts.GroupNormalised, parts.WhitenedReturns, parts.GAE,
                 parts.TokenMean, parts.SeqMeanTokenMean, parts.SeqMeanTokenSum,
                 parts.ConstantNormaliser, parts.KLPenalty, parts.Switch, parts.Linear,
-                parts.Power, parts.Always):
+                parts.Power, parts.Always,
+                regions.Divergence, regions.SoftGate, regions.GeometricClip, regions.CovarianceClip,
+                regions.CovarianceTop, regions.PickedPenalty, regions.ProximalPenalty,
+                baselines.GreedyBaseline, baselines.LengthWeighted, baselines.BestOfGroup,
+                baselines.ShareScaled, baselines.OptimalTokenBaseline, baselines.GroupWhitened):
         doc = " ".join((cls.__doc__ or "").split())
         lines.append(f"- **`{cls.__name__}`** — {doc}")
     return "\n".join(lines) + "\n"

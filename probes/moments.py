@@ -173,7 +173,7 @@ def row_grads(est, b: Batch, leaf: Tensor) -> RowGrads:
     core, cplan = (est.rl, plan.parts[0]) if isinstance(est, Hybrid) else (est, plan)
     with torch.no_grad():
         trained = b.mask * (cplan.coef != 0).to(b.mask.dtype)[:, None]
-        off = (core.mask(core.denominator(b), cplan.adv) != 1).to(b.mask.dtype) * trained
+        off = (core.mask.on(b, core.denominator(b), cplan.adv, cplan.picked) != 1).to(b.mask.dtype) * trained
         sft_groups = {g for g, label in plan.labels().items() if label == SFT_LABEL}
         sft = torch.tensor([int(g) in sft_groups for g in b.group.tolist()], dtype=torch.bool)
     return RowGrads(d.detach(), off.sum(-1), trained.sum(-1), sft)

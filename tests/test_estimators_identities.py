@@ -33,7 +33,11 @@ def batch_for(name, **kw):
     est = estimators.get(name)
     b = random_batch(demos=isinstance(est, Hybrid) or est.rows != "rollouts",
                      values="values" in est.needs, **kw)
-    return b.replace(logp_ref=b.logp_old) if "logp_ref" in est.needs else b   # π_ref = π_θold
+    g = torch.Generator().manual_seed(b.size)
+    extra = {"logp_ref": lambda: b.logp_old,                                   # π_ref = π_θold
+             "reward_baseline": lambda: torch.rand(b.size, generator=g, dtype=DT),
+             "sum_pi_squared": lambda: torch.exp(b.logp_old) ** 2 + 0.5 * torch.rand(b.logp.shape, generator=g, dtype=DT)}
+    return b.replace(**{f: extra[f]() for f in est.needs if f in extra})
 
 
 def grad(est, b, plan=None):
@@ -144,15 +148,33 @@ def test_hpt_gate_counts_gamma_out_of_n():
 
 
 def all_reduced_plans(est, shards):
-    """Plan each shard with counts/moments summed over both shards, as ``all_reduce`` would:
-    pass 1 records what each rank would contribute, pass 2 returns the sums in call order."""
-    recorded = [[], []]
-    for r, s in enumerate(shards):
-        est.plan(s, all_reduce=lambda t, r=r: recorded[r].append(t.clone()) or t)
-    plans = []
-    for s in shards:
-        calls = iter(range(len(recorded[0])))
-        plans.append(est.plan(s, all_reduce=lambda t: (lambda i: recorded[0][i] + recorded[1][i])(next(calls))))
+    """Plan each shard in its own thread, as one rank each; ``all_reduce`` sums a tensor over
+    both, as ``dist.all_reduce`` would (every rank makes the same calls in the same order)."""
+    import threading
+    slots, barrier = [None] * len(shards), threading.Barrier(len(shards))
+    plans, errors = [None] * len(shards), []
+
+    def reduce(r, t):
+        slots[r] = t.clone()
+        barrier.wait()
+        total = sum(slots)
+        barrier.wait()
+        return total
+
+    def run(r):
+        try:
+            plans[r] = est.plan(shards[r], all_reduce=lambda t: reduce(r, t))
+        except Exception as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(len(shards))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
     return plans
 
 
@@ -197,8 +219,13 @@ def test_zero_advantage_gives_zero_gradient(name):
     est = estimators.get(name)
     b = batch_for(name, seed=14)
     # every reward equal (all correct, so the HPT gate picks RL): Â ≡ 0; PPO: V ≡ 0 and r ≡ 0
-    reward = torch.zeros_like(b.reward) if name in ("ppo", "reinforce") else torch.ones_like(b.reward)
+    # otb: r ≡ 0 (the strictly longest rollout's tail beyond the second longest has no baseline)
+    reward = torch.zeros_like(b.reward) if name in ("ppo", "reinforce", "otb") else torch.ones_like(b.reward)
     b = b.replace(reward=reward, values=torch.zeros_like(b.logp) if b.values is not None else None)
+    if b.reward_baseline is not None:            # ReMax: the greedy rollout earned as much
+        b = b.replace(reward_baseline=reward)
+    if getattr(est, "kl", None) is not None:     # a penalty toward π_θold (DRO, KL-Cov) pulls
+        b = b.replace(logp_old=b.logp.detach())   # whenever θ ≠ θ_old: take θ = θ_old
     g = grad(est, b)
     assert g is None or torch.all(g == 0), name
 
