@@ -213,3 +213,53 @@ def test_sapo_matches_trl_grpo_trainer(tmp_path):
     est = estimators.get("sapo")
     theirs = trl_parity.trl_loss(t, b, est.advantage(b))
     assert torch.allclose(grad(est(b).loss, b), grad(theirs, b), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ end to end (slow)
+
+CATALOGUE = ["dppo_tv", "dppo_kl", "sapo", "gmpo", "clip_cov", "kl_cov", "dro", "gpg", "remax", "opo",
+             "grpo_passk", "otb", "reinforce_pp_baseline"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", CATALOGUE)
+def test_catalogue_preset_trains_two_steps(tmp_path, preset):
+    """Each preset trains 2 steps on the embedded default model and task, with the trainer
+    supplying what it declares (π_ref, the greedy rollout's reward, Σπ² of the π_θold pass)."""
+    import math
+
+    from test_training_e2e import TINY, check_common, read, small
+    from training import base, run
+
+    os.environ["UPGE_CACHE"] = str(tmp_path / "cache")
+    model = str(base.ensure_base(TINY, log=lambda s: None))
+    run.main(small(preset, model, tmp_path))
+    check_common(tmp_path / preset)
+    metrics, _ = read(tmp_path / preset)
+    assert all(math.isfinite(metrics[s]["train/loss"]) for s in (1, 2))
+
+
+def test_a_need_the_trainer_cannot_supply_is_a_clear_error():
+    from training.config import RunConfig
+    from training.stages import make_stage
+
+    est = estimators.get("grpo").replace(needs=("process_rewards",))
+    estimators.PRESETS["_needs_test"] = est
+    try:
+        with pytest.raises(ValueError, match=r"'_needs_test' needs Batch.process_rewards, which this trainer cannot"):
+            make_stage("_needs_test", RunConfig(preset="grpo"), 1, 2)
+    finally:
+        del estimators.PRESETS["_needs_test"]
+
+
+def test_sum_pi_squared_from_the_chunked_head_equals_the_full_softmax():
+    from training.logprobs import token_logp_entropy
+
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(3, 5, 8, generator=g, dtype=DT), torch.randn(11, 8, generator=g, dtype=DT)
+    bias, targets = torch.randn(11, generator=g, dtype=DT), torch.randint(0, 11, (3, 5), generator=g)
+    mask = (torch.arange(5)[None] < torch.tensor([5, 3, 1])[:, None]).to(DT)
+    _, _, sq = token_logp_entropy(hidden, weight, bias, targets, mask, 0.7, chunk_bytes=64,
+                                  sum_pi_squared=True)
+    p = torch.softmax((hidden @ weight.T + bias) / 0.7, -1)
+    assert torch.allclose(sq, (p ** 2).sum(-1) * mask, atol=1e-12)

@@ -20,6 +20,10 @@ from .config import TWO_STAGE, RunConfig, with_gate
 from .rollout import engines
 
 OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
+# Batch fields beyond the rollouts that the trainer fills when an estimator declares them in
+# ``needs``: π_ref log-probs (a frozen copy), critic values (value head), the greedy rollout's
+# reward (one temperature-0 sample per prompt), Σ_v π_θold(v)² (the chunked output layer).
+SUPPLIED = ("logp_ref", "values", "reward_baseline", "sum_pi_squared")
 
 
 def scale_constants(est, max_new_tokens: int):
@@ -74,6 +78,10 @@ class Stage:
 
 def make_stage(name: str, cfg: RunConfig, first: int, last: int) -> Stage:
     est = with_options(scale_constants(estimators.get(name), cfg.max_new_tokens), cfg)
+    missing = [f for f in est.needs if f not in SUPPLIED]
+    if missing:
+        raise ValueError(f"estimator {name!r} needs Batch.{', Batch.'.join(missing)}, which this "
+                         f"trainer cannot supply (it supplies {', '.join(SUPPLIED)})")
     t = est.trainer
     buffer = batching.scaled_buffer(t.overlong_buffer, cfg.max_new_tokens)
     return Stage(
