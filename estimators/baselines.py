@@ -133,14 +133,20 @@ class OptimalTokenBaseline(Advantage):
     over the prompt's rollouts that reach position t (G_t the return: the outcome reward).
     ``zero_tail``: where one rollout is strictly the longest of its prompt, its baseline beyond
     the second longest is 0 (verl ``handle_zero_tail``). Needs ``Batch.sum_pi_squared``.
-    A one-row group has B = 0; with W ≡ const it is the mean baseline per position. verl adds
+    ``leave_one_out``: B_t of row i from the other rows only — independent of row i's sample,
+    so E[Â_t ∇log π(y_t)] sums to ∇J exactly; verl's B_t includes the row itself, which biases
+    the update towards zero like the mean baseline's (G−1)/G (measured by enumeration in
+    tests/test_estimators_exact.py). A one-row group has B = 0; with W ≡ const and without
+    leave_one_out it is the mean baseline per position. verl adds
     eps = 1e-8 to every denominator (a relative change of 1e-8/ΣW, so equal rewards leave a
     1e-11 advantage); here a zero ΣW alone is guarded, so equal rewards give Â ≡ 0 exactly."""
 
     def formula(self) -> str:
-        return "G_t − Σ_G G_t·W_t / Σ_G W_t,  W_t = Σ_{s≤t} (1 − 2π_s + Σ_v π²)"
+        over = "G∖i" if self.leave_one_out else "G"
+        return f"G_t − Σ_{over} G_t·W_t / Σ_{over} W_t,  W_t = Σ_{{s≤t}} (1 − 2π_s + Σ_v π²)"
 
     zero_tail: bool = True
+    leave_one_out: bool = False
     reads_old = True
 
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:
@@ -150,10 +156,13 @@ class OptimalTokenBaseline(Advantage):
         W = (w * m).cumsum(-1)
         _, inv = torch.unique(b.group, return_inverse=True)
         k = int(inv.max()) + 1
-        num = torch.zeros(k, m.shape[1], dtype=m.dtype).index_add_(0, inv, ret * W * m)
-        den = torch.zeros(k, m.shape[1], dtype=m.dtype).index_add_(0, inv, W * m)
+        own_num, own_den = ret * W * m, W * m
+        num = torch.zeros(k, m.shape[1], dtype=m.dtype).index_add_(0, inv, own_num)[inv]
+        den = torch.zeros(k, m.shape[1], dtype=m.dtype).index_add_(0, inv, own_den)[inv]
+        if self.leave_one_out:
+            num, den = num - own_num, den - own_den
         rows = torch.zeros(k, dtype=m.dtype).index_add_(0, inv, b.rollouts.to(m.dtype))
-        base = (num / torch.where(den > 0, den, torch.ones_like(den)))[inv] * (rows[inv] > 1)[:, None]
+        base = num / torch.where(den > 0, den, torch.ones_like(den)) * (rows[inv] > 1)[:, None]
         if self.zero_tail:
             lengths = m.sum(-1)
             for g in range(k):
