@@ -6,6 +6,7 @@ same random float64 tensors, and the places where verl normalises or chooses per
 Surrogate values differ where the two write the loss differently (ρ vs log π); gradients are
 what an estimator is, and they are compared to 1e-6.
 """
+import dataclasses
 import os
 
 import pytest
@@ -80,10 +81,14 @@ POLICY_LOSSES = {   # preset: (verl loss name, loss_agg_mode, verl config of the
 }
 
 
+def policy_tensors():
+    return tensors(B=64, T=12, seed=1, stale=0.5)
+
+
 @pytest.mark.parametrize("name", sorted(POLICY_LOSSES))
 def test_policy_loss_gradient_matches_verl(name):
     loss_name, mode, cfg = POLICY_LOSSES[name]
-    b = tensors(seed=1, stale=0.3)
+    b = policy_tensors()
     ref = verl_loss(loss_name, b, grpo_adv(b), mode, verl_config(**cfg))
     est = estimators.get(name)
     g_ours, g_ref = grad(est(b).loss, b), grad(ref, b)
@@ -91,14 +96,44 @@ def test_policy_loss_gradient_matches_verl(name):
     assert torch.allclose(g_ours, g_ref, atol=1e-6, rtol=0), (g_ours - g_ref).abs().max()
 
 
-def test_the_divergence_masks_bind_on_these_tensors():
-    """The DPPO and GMPO parity above is not vacuous: each trust region drops tokens here."""
-    b = tensors(seed=1, stale=0.3)
-    ratio, adv = torch.exp(b.logp - b.logp_old), grpo_adv(b)
-    on = (b.mask > 0) & (adv != 0)
-    for name in ("dppo_tv", "dppo_kl", "gmpo"):
-        m = estimators.get(name).mask.on(b, ratio, adv)
-        assert ((m == 0) & on).sum() >= 2, name
+BINDING = {   # preset: (mask field, a value that binds on these tensors, verl's config name)
+    "dppo_tv": ("cap", 1.5, "clip_ratio_c"),
+    "dppo_kl": ("cap", 1.5, "clip_ratio_c"),
+    "kl_cov": ("ratio", 0.02, "kl_cov_ratio"),       # r·N < 1 at the default: one token either way
+}
+
+
+def at_binding_value(name):
+    est = estimators.get(name)
+    field, value, _ = BINDING[name]
+    return est.replace(mask=dataclasses.replace(est.mask, **{field: value}))
+
+
+@pytest.mark.parametrize("name", sorted(BINDING))
+def test_constants_that_do_not_bind_at_the_default_match_verl_where_they_do(name):
+    loss_name, mode, cfg = POLICY_LOSSES[name]
+    _, value, key = BINDING[name]
+    b = policy_tensors()
+    ref = verl_loss(loss_name, b, grpo_adv(b), mode, verl_config(**{**cfg, key: value}))
+    assert torch.allclose(grad(at_binding_value(name)(b).loss, b), grad(ref, b), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["dppo_tv", "dppo_kl", "sapo", "gmpo", "kl_cov", "dro"])
+def test_every_constant_changes_the_gradient_on_these_tensors(name):
+    """The parity above is not vacuous: halving any constant of the preset's trust region
+    (mask or penalty) changes the gradient on the same tensors (at the binding values of
+    `BINDING` for the constants that do not bind at their default)."""
+    b = policy_tensors()
+    est = at_binding_value(name) if name in BINDING else estimators.get(name)
+    base = grad(est(b).loss, b)
+    for slot in ("mask", "kl"):
+        part = getattr(est, slot)
+        for f in dataclasses.fields(part) if part is not None else ():
+            value = getattr(part, f.name)
+            if not isinstance(value, float):
+                continue
+            changed = est.replace(**{slot: dataclasses.replace(part, **{f.name: value / 2})})
+            assert not torch.allclose(grad(changed(b).loss, b), base, atol=1e-9), (name, slot, f.name)
 
 
 def test_gpg_matches_verl_advantage_and_loss():
