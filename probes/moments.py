@@ -92,6 +92,15 @@ class Context:
         return self.tree.values(self.theta_old)
 
     @cached_property
+    def greedy_reward_old(self) -> Tensor:
+        """[X] reward of each prompt's greedy sequence under π_old."""
+        return self.tree.correct[torch.arange(self.tree.X), self.tree.greedy(self.theta_old)]
+
+    @cached_property
+    def sum_pi_squared_old(self) -> Tensor:
+        return self.tree.sum_pi_squared(self.theta_old)
+
+    @cached_property
     def q(self) -> Tensor:
         """[3, P, J] slot distributions q_S, q_F, q_D (π_old on C_x, on its complement, π_β)."""
         x = self.prompts
@@ -152,6 +161,10 @@ def make_batch(ctx: Context, est, x: Tensor, j: Tensor, demo: Tensor, group: Ten
         f["values"] = ctx.values_old[x, j]
     if "logp_ref" in est.needs:   # a KL to π_ref (REINFORCE++'s reward): measured at π_ref = π_old
         f["logp_ref"] = f["logp_old"]
+    if "reward_baseline" in est.needs:   # ReMax: the reward of π_old's greedy sequence
+        f["reward_baseline"] = ctx.greedy_reward_old[x]
+    if "sum_pi_squared" in est.needs:    # optimal token baseline: Σ_v π_old(v)² per token
+        f["sum_pi_squared"] = ctx.sum_pi_squared_old[x, j]
     return Batch(**prepare(f)), leaf
 
 
