@@ -298,3 +298,15 @@ def test_sum_pi_squared_from_the_chunked_head_equals_the_full_softmax():
                                   sum_pi_squared=True)
     p = torch.softmax((hidden @ weight.T + bias) / 0.7, -1)
     assert torch.allclose(sq, (p ** 2).sum(-1) * mask, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, why", [("clip_cov", "picks tokens in its plan"), ("kl_cov", "picks tokens"),
+                                       ("dro", "adds ProximalPenalty"), ("remax", "needs Batch.reward_baseline"),
+                                       ("otb", "needs Batch.sum_pi_squared")])
+def test_the_verl_plugin_refuses_what_its_plan_fields_cannot_carry(name, why):
+    from integrations.verl import trainable
+
+    with pytest.raises(ValueError, match=rf"preset '{name}' .*{why}.*use verl's own"):
+        trainable(name)
+    for ok in ("dppo_tv", "sapo", "gmpo", "gpg", "opo", "grpo_passk", "reinforce_pp_baseline"):
+        trainable(ok)
