@@ -136,8 +136,11 @@ def top_k(score: Tensor, cand: Tensor, k: Tensor, all_reduce=None, rounds: int =
         mid = (lo + hi) / 2
         if mid == lo or mid == hi:
             break
-        if red((cand & (score >= mid)).sum().to(score.dtype)) >= k:
+        count = red((cand & (score >= mid)).sum().to(score.dtype))
+        if count >= k:
             lo = mid
+            if count == k:  # exactly the k largest (ranks see the same count: they stop together)
+                break
         else:
             hi = mid
     return cand & (score >= lo)

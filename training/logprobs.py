@@ -51,16 +51,16 @@ def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor], inv_t: float) -> 
 
 class HeadLogProbs(torch.autograd.Function):
     """(log p, H, Σp²) [N] of N tokens from hidden states [N, H] and the output layer (W [V, H],
-    b [V] or None) at temperature 1/``inv_t``; see the module docstring. Σp² carries no
-    gradient."""
+    b [V] or None) at temperature 1/``inv_t``; see the module docstring. Σp² (zeros unless
+    ``want_sq``) carries no gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, inv_t: float, chunk: int):
+    def forward(ctx, hidden, weight, bias, targets, inv_t: float, chunk: int, want_sq: bool = False):
         dt = _compute_dtype(weight)
         N = hidden.shape[0]
         logp = hidden.new_empty(N, dtype=dt)
         ent = hidden.new_empty(N, dtype=dt)
-        sq = hidden.new_empty(N, dtype=dt)
+        sq = hidden.new_zeros(N, dtype=dt)
         lse = hidden.new_empty(N, dtype=dt)
         with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
             for s in range(0, N, chunk):
@@ -69,7 +69,8 @@ class HeadLogProbs(torch.autograd.Function):
                 z -= l[:, None]  # log p, in place
                 logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1)
                 p = z.exp()
-                sq[s:s + chunk] = (p * p).sum(-1)
+                if want_sq:  # Σ p² as a batched dot product: no third [c, V] buffer
+                    sq[s:s + chunk] = torch.bmm(p[:, None, :], p[:, :, None]).view(-1)
                 ent[s:s + chunk] = -p.mul_(z).sum(-1)  # −Σ p log p: no cancellation
                 del z, p
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
@@ -88,7 +89,7 @@ class HeadLogProbs(torch.autograd.Function):
         g_w = torch.zeros_like(weight, dtype=dt) if need_w else None
         g_b = torch.zeros_like(bias, dtype=dt) if need_b and bias is not None else None
         if g_logp is None and g_ent is None:
-            return g_h, g_w, g_b, None, None, None
+            return g_h, g_w, g_b, None, None, None, None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
                 h = hidden[s:s + chunk]
@@ -113,7 +114,7 @@ class HeadLogProbs(torch.autograd.Function):
                 if g_b is not None:
                     g_b += dz.sum(0)
         return (g_h, g_w.to(weight.dtype) if g_w is not None else None,
-                g_b.to(bias.dtype) if g_b is not None else None, None, None, None)
+                g_b.to(bias.dtype) if g_b is not None else None, None, None, None, None)
 
 
 def chunk_tokens(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -134,7 +135,7 @@ def token_logp_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], t
     keep = mask.bool()
     chunk = chunk_tokens(weight.shape[0], chunk_bytes)
     logp, ent, sq = HeadLogProbs.apply(hidden[keep], weight, bias, targets[keep], 1.0 / temperature,
-                                       chunk)
+                                       chunk, sum_pi_squared)
     zeros = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
     # masked_scatter keeps an all-padding batch connected to the graph (a zero gradient)
     out = (zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, ent))
