@@ -287,6 +287,16 @@ def test_a_need_the_trainer_cannot_supply_is_a_clear_error():
         del estimators.PRESETS["_needs_test"]
 
 
+@pytest.mark.parametrize("name", ["kl_cov", "dro"])
+def test_kl_coef_does_not_silently_replace_a_preset_penalty(name):
+    from training.config import RunConfig
+    from training.stages import make_stage
+
+    with pytest.raises(ValueError, match=rf"--kl-coef 0.05: preset '{name}' already has a penalty"):
+        make_stage(name, RunConfig(preset=name, kl_coef=0.05), 1, 2)
+    make_stage("grpo", RunConfig(preset="grpo", kl_coef=0.05), 1, 2)
+
+
 def test_sum_pi_squared_from_the_chunked_head_equals_the_full_softmax():
     from training.logprobs import token_logp_entropy
 

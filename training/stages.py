@@ -42,6 +42,10 @@ def with_options(est, cfg: RunConfig):
     if cfg.entropy_coef is not None:
         est = est.replace(entropy_coef=cfg.entropy_coef)
     if cfg.kl_coef > 0:
+        own = getattr(est, "kl", None)
+        if own is not None and not isinstance(own, KLPenalty):  # KL-Cov's, DRO's: not a KL to π_ref
+            raise ValueError(f"--kl-coef {cfg.kl_coef}: preset {cfg.preset!r} already has a penalty in its "
+                             f"KL slot ({type(own).__name__}); the flag would replace it")
         est = est.with_kl(KLPenalty(coef=cfg.kl_coef, kind="k3"))
     est = with_gate(est, cfg)
     if cfg.rollout_engine == "vllm":  # the engine returns behaviour log-probs: TIS
