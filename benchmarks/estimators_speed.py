@@ -31,7 +31,9 @@ def make_batch(B: int, T: int, name: str, seed: int = 0) -> Batch:
                  is_demo=(torch.arange(B) % 8 == 7) if demos else None,
                  logp_old=logp.detach() + 0.05 * torch.randn(B, T, generator=g),
                  values=torch.randn(B, T, generator=g) if "values" in est.needs else None,
-                 logp_ref=logp.detach() + 0.05 * torch.randn(B, T, generator=g) if "logp_ref" in est.needs else None)
+                 logp_ref=logp.detach() + 0.05 * torch.randn(B, T, generator=g) if "logp_ref" in est.needs else None,
+                 reward_baseline=torch.rand(B, generator=g) if "reward_baseline" in est.needs else None,
+                 sum_pi_squared=torch.rand(B, T, generator=g) if "sum_pi_squared" in est.needs else None)
 
 
 def timed(fn, repeats: int) -> float:

@@ -34,6 +34,8 @@ class Batch:
     logp_ref:      log π of a fixed reference policy, for a KL term.
     values:        critic values V(s_t) ``[B, T]`` (PPO/GAE).
     entropy:       per-token entropy of π_θ ``[B, T]`` (differentiable), for an entropy bonus.
+    reward_baseline: reward of the prompt's greedy (argmax) rollout, per row ``[B]`` (ReMax).
+    sum_pi_squared:  Σ_v π_θold(v|s_t)² per token ``[B, T]`` (the optimal token baseline).
     """
 
     logp: Tensor
@@ -46,6 +48,8 @@ class Batch:
     logp_ref: Optional[Tensor] = None
     values: Optional[Tensor] = None
     entropy: Optional[Tensor] = None
+    reward_baseline: Optional[Tensor] = None
+    sum_pi_squared: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         set_ = lambda n, v: object.__setattr__(self, n, v)  # noqa: E731
@@ -76,7 +80,7 @@ class Batch:
         if self.logp.dim() != 2:
             raise BatchError(f"Batch.logp must be [B, T], got shape {tuple(self.logp.shape)}")
         B, T = self.logp.shape
-        token = {"mask", "logp_old", "logp_behavior", "logp_ref", "values", "entropy"}
+        token = {"mask", "logp_old", "logp_behavior", "logp_ref", "values", "entropy", "sum_pi_squared"}
         for f in fields(self):
             v = getattr(self, f.name)
             if v is None:
@@ -93,7 +97,8 @@ class Batch:
         if not torch.all((m == 0) | (m == 1)):
             raise BatchError("Batch.mask must contain only 0 and 1")
         on = m.bool()  # only response tokens are checked: padding may hold anything (even -inf)
-        for name in ("logp", "reward", "logp_old", "logp_behavior", "logp_ref", "values", "entropy"):
+        for name in ("logp", "reward", "logp_old", "logp_behavior", "logp_ref", "values", "entropy",
+                     "reward_baseline", "sum_pi_squared"):
             v = getattr(self, name)
             if v is not None:
                 seen = on if v.dim() == 2 else torch.ones(v.shape, dtype=torch.bool, device=v.device)

@@ -59,7 +59,8 @@ class Plan:
     adv [B, T] advantages; coef [B] = row weight × gate coefficient / Z (0 for untrained rows);
     ent [B] entropy-bonus weight per row; parts: the components' plans (Hybrid); gate: per-prompt
     decisions {group, pass_rate, alpha, beta, label} (Hybrid only); returns [B, T]: the critic's
-    targets when the advantage has them (GAE), else None."""
+    targets when the advantage has them (GAE), else None; picked [B, T]: the tokens the mask
+    chose over the whole step (`slots.Mask.pick`), else None."""
 
     adv: Tensor
     coef: Tensor
@@ -67,6 +68,7 @@ class Plan:
     parts: tuple = ()
     gate: list = field(default_factory=list)
     returns: Optional[Tensor] = None
+    picked: Optional[Tensor] = None
 
     @property
     def trained(self) -> Tensor:
@@ -83,7 +85,8 @@ class Plan:
     def select(self, idx: Tensor) -> "Plan":
         return Plan(self.adv[idx], self.coef[idx], self.ent[idx],
                     tuple(p.select(idx) for p in self.parts), self.gate,
-                    None if self.returns is None else self.returns[idx])
+                    None if self.returns is None else self.returns[idx],
+                    None if self.picked is None else self.picked[idx])
 
 
 class Output:
@@ -183,7 +186,7 @@ class Estimator:
     @property
     def plan_reads_old(self) -> bool:
         """Whether `plan` reads ``Batch.logp_old`` (π_θold must be scored before planning)."""
-        return self.advantage.reads_old
+        return self.advantage.reads_old or getattr(self.mask, "reads_old", False)
 
     # -- validation --------------------------------------------------------------------------
     def check(self, b: Batch) -> None:
@@ -194,7 +197,7 @@ class Estimator:
                              f"use for the {int(b.is_demo.sum())} demonstration row(s)")
         if self.rows == DEMOS and not bool(b.is_demo.any()):
             raise BatchError(f"Batch.is_demo: {name} trains on demonstrations, but no row is marked is_demo")
-        for f in self.needs + (("logp_ref",) if self.kl else ()):
+        for f in self.needs + (tuple(getattr(self.kl, "needs", ())) if self.kl else ()):
             if getattr(b, f) is None:
                 raise BatchError(f"Batch.{f} is required by {name} but was not given")
 
@@ -225,7 +228,8 @@ class Estimator:
             coef = self.reduction.row_weight(b.mask) * rows.to(b.mask.dtype) * w / z
             ent = _entropy_weights(self.entropy_coef, b, rows, all_reduce)
             returns = self.advantage.returns(b, all_reduce)
-        return Plan(adv.detach(), coef, ent, returns=returns)
+            picked = self.mask.pick(b, adv, all_reduce)
+        return Plan(adv.detach(), coef, ent, returns=returns, picked=picked)
 
     # -- phase 2: per micro-batch ------------------------------------------------------------
     def terms(self, b: Batch, plan: Optional[Plan] = None) -> Tensor:
@@ -234,12 +238,12 @@ class Estimator:
         mask), plus the KL term, times the row coefficient; minus the entropy bonus."""
         plan = plan if plan is not None else self.plan(b)
         ratio = self.denominator(b)
-        stable = self.mask(ratio, plan.adv).detach()
+        stable = self.mask.on(b, ratio, plan.adv, plan.picked).detach()
         w = self.denominator.weight(b)
         stable = stable if w is None else stable * w
         t = -stable * plan.adv * self.likelihood(ratio)
         if self.kl is not None:
-            t = t + self.kl.coef * self.kl(b)
+            t = t + self.kl.coef * self.kl(b, plan.picked)
         t = t * plan.coef[:, None]
         if b.entropy is not None:
             t = t - plan.ent[:, None] * b.entropy
@@ -255,9 +259,9 @@ class Estimator:
             tok = b.mask * (plan.coef != 0).to(b.mask.dtype)[:, None]
             n = tok.sum().clamp_min(1)
             ratio = self.denominator(b)
-            values = {"adv_mean": plan.adv, "clip_fraction": (self.mask(ratio, plan.adv) != 1).to(tok.dtype)}
+            values = {"adv_mean": plan.adv, "clip_fraction": (self.mask.on(b, ratio, plan.adv, plan.picked) != 1).to(tok.dtype)}
             if self.kl is not None:
-                values["kl"] = self.kl(b)
+                values["kl"] = self.kl(b, plan.picked)
             if b.entropy is not None:
                 values["entropy"] = b.entropy
             means = torch.stack([(v * tok).sum() / n for v in values.values()]

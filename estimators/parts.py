@@ -577,12 +577,13 @@ class KLPenalty:
 
     coef: float = 0.04
     kind: str = "k3"
+    needs = ("logp_ref",)
 
     def __post_init__(self):
         if self.kind not in ("k1", "k2", "k3"):
             raise ValueError(f"KLPenalty.kind must be 'k1', 'k2' or 'k3', got {self.kind!r}")
 
-    def __call__(self, b: Batch) -> Tensor:
+    def __call__(self, b: Batch, picked: Optional[Tensor] = None) -> Tensor:
         return kl_estimate(self.kind, masked(b, b.logp - b.logp_ref))
 
 

@@ -6,11 +6,15 @@ the trainer replaces them with its own ``max_new_tokens`` where the method says 
 """
 from __future__ import annotations
 
+from .baselines import (BestOfGroup, GreedyBaseline, GroupWhitened, LengthWeighted,
+                        OptimalTokenBaseline, ShareScaled)
 from .estimator import ALL, DEMOS, Estimator, Hybrid, TrainerSteps
 from .catalogue import ChordPhi, ChordSchedule, EntropyMasked, GammaWeight, PassAtK, SequenceRatioTokenGrad
 from .parts import (CISClip, Clip, ConstantNormaliser, Current, GAE, GroupNormalised, Always,
                     NoClip, Old, Ones, Plain, Reward, SeqMeanTokenMean,
                     SeqMeanTokenSum, SequenceGeometric, Shaped, Switch, TokenMean, Unit, WhitenedReturns)
+from .regions import (CovarianceClip, CovarianceTop, Divergence, GeometricClip, PickedPenalty,
+                      ProximalPenalty, SoftGate)
 
 GRPO_ADV = GroupNormalised(center="mean", scale="std")
 DR_GRPO_ADV = GroupNormalised(center="mean", scale="none")
@@ -112,6 +116,66 @@ _TABLE: dict = {
         source="Wang et al. \"Beyond the 80/20 rule\" arXiv 2506.01939 §4: DAPO with the policy gradient "
                "on the top 20 % highest-entropy tokens of the batch only (any preset: --entropy-mask Q)"),
 }
+
+# verl 0.9.1 (``verl/trainer/ppo/core_algos.py``): policy losses with the GRPO advantage
+# (``algorithm.adv_estimator=grpo``), advantage estimators with verl's default "vanilla" loss
+# (PPO clip, ε = 0.2; verl adds a dual clip c = 3 that the project's PPO rows leave out) and
+# verl's default ``loss_agg_mode="token-mean"`` unless the loss fixes another.
+_VERL = "verl 0.9.1 core_algos"
+_TABLE.update({
+    "dppo_tv": Estimator(
+        Divergence("tv", 0.15, 0.15, cap=20.0), Old(), GRPO_ADV, Plain(), TokenMean(),
+        source="DPPO (Binary-TV) arXiv 2602.04879 §4; " + _VERL + " compute_policy_loss_dppo_tv "
+               "(δ = 0.15 of verl's DPPO recipe, ratio truncated at c = 20 as its code's default)"),
+    "dppo_kl": Estimator(
+        Divergence("kl", 0.05, 0.05, cap=20.0), Old(), GRPO_ADV, Plain(), TokenMean(),
+        source="DPPO (Binary-KL) arXiv 2602.04879 §4; " + _VERL + " compute_policy_loss_dppo_kl "
+               "(δ = 0.05 of verl's DPPO recipe, c = 20)"),
+    "sapo": Estimator(
+        SoftGate(tau_pos=1.0, tau_neg=1.05), Old(), GRPO_ADV, Plain(), SeqMeanTokenMean(),
+        source="SAPO arXiv 2511.20347 Eq. 5–6; " + _VERL + " compute_policy_loss_sapo "
+               "(τ_pos = 1, τ_neg = 1.05; always seq-mean-token-mean)"),
+    "gmpo": Estimator(
+        GeometricClip(0.4, 0.4), Old(), GRPO_ADV, Plain(), SeqMeanTokenMean(),
+        source="Zhao et al. (GMPO) arXiv 2507.20673 Eq. 5 (clip range e^±0.4); " + _VERL +
+               " compute_policy_loss_geo_mean (mean over sequences)"),
+    "clip_cov": Estimator(
+        CovarianceClip(0.2, 0.2, ratio=0.0002, lower=1.0, upper=5.0), Old(), GRPO_ADV, Plain(), TokenMean(),
+        source="Cui et al. (Clip-Cov) arXiv 2505.22617 §4 Eq. 12; " + _VERL + " compute_policy_loss_clip_cov "
+               "(r = 0.0002, Cov ∈ (1, 5); the largest-Cov candidates over the step, not random per micro-batch)"),
+    "kl_cov": Estimator(
+        CovarianceTop(ratio=0.0002), Old(), GRPO_ADV, Plain(), TokenMean(), kl=PickedPenalty(coef=0.1),
+        source="Cui et al. (KL-Cov) arXiv 2505.22617 §4 Eq. 13; " + _VERL + " compute_policy_loss_kl_cov "
+               "(r = 0.0002, ppo_kl_coef = 0.1; top-Cov tokens over the step, not per micro-batch)"),
+    "dro": Estimator(
+        NoClip(), Current(), GRPO_ADV, Plain(), TokenMean(), kl=ProximalPenalty(coef=0.1, kind="k2"),
+        source="Richemond et al. (DRO) arXiv 2405.19107; " + _VERL + " compute_policy_loss_dro: "
+               "−(Â·log π − ½β(log π − log π_old)²), β = 0.1 (verl has no default)"),
+    "gpg": Estimator(
+        NoClip(), Current(), ShareScaled(f_norm=1.0), Plain(), TokenMean(),
+        source="Chu et al. (GPG) arXiv 2504.02546 Eq. 8; " + _VERL + " compute_gpg_outcome_advantage + "
+               "compute_policy_loss_gpg (−Â·log π, token-mean)"),
+    "remax": Estimator(
+        Clip(0.2, 0.2), Old(), GreedyBaseline(kl_coef=0.001, kl_kind="k1"), Plain(), TokenMean(),
+        needs=("reward_baseline", "logp_ref"),
+        source="Li et al. (ReMax) arXiv 2310.10505 Eq. 6; " + _VERL + " compute_remax_outcome_advantage "
+               "(baseline: reward of the greedy rollout; KL in the reward β = 0.001 as verl's ReMax example)"),
+    "opo": Estimator(
+        Clip(0.2, 0.2), Old(), LengthWeighted(), Plain(), TokenMean(),
+        source="Hao et al. (OPO) arXiv 2505.23585 Eq. 9; " + _VERL + " compute_opo_outcome_advantage"),
+    "grpo_passk": Estimator(
+        Clip(0.2, 0.2), Old(), BestOfGroup(scale="std"), Plain(), TokenMean(),
+        source="Chen et al. (Pass@k training) arXiv 2503.19595; " + _VERL + " compute_grpo_passk_outcome_advantage"),
+    "otb": Estimator(
+        Clip(0.2, 0.2), Old(), OptimalTokenBaseline(), Plain(), TokenMean(), needs=("sum_pi_squared",),
+        source=_VERL + " compute_optimal_token_baseline_advantage (per-position baseline weighted by "
+               "W_t = Σ_{s≤t} 1 − 2π_s + Σπ²; Σπ² from the π_θold pass)"),
+    "reinforce_pp_baseline": Estimator(
+        Clip(0.2, 0.2), Old(), GroupWhitened(kl_coef=0.001, kl_kind="k1"), Plain(), TokenMean(),
+        needs=("logp_ref",),
+        source="Hu, REINFORCE++ arXiv 2501.03262 §3 (group baseline); " + _VERL +
+               " compute_reinforce_plus_plus_baseline_outcome_advantage (KL in the reward, β = 0.001)"),
+})
 
 PRESETS: dict = {name: est.replace(name=name) for name, est in _TABLE.items()}
 

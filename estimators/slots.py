@@ -16,9 +16,22 @@ TOKENS, ROWS, CONSTANT = "tokens", "rows", "constant"   # what a reduction's nor
 
 
 class Mask(Protocol):
-    """1_stable: ``(ρ [B,T], Â [B,T]) → M [B,T]``, detached by the estimator."""
+    """1_stable: ``(ρ [B,T], Â [B,T]) → M [B,T]``, detached by the estimator.
+
+    A mask that needs more than ρ and Â (π_θold itself, or tokens chosen over the whole step)
+    overrides ``pick(b, Â, all_reduce)`` — a detached [B,T] token selection computed once per
+    step in the plan, over every rank (None by default) — and ``on(b, ρ, Â, picked)``, which the
+    estimator calls (by default ``self(ρ, Â)``). ``reads_old``: ``pick`` reads π_θold."""
+
+    reads_old: bool = False
 
     def __call__(self, ratio: Tensor, adv: Tensor) -> Tensor: ...
+
+    def pick(self, b: Batch, adv: Tensor, all_reduce=None) -> Optional[Tensor]:
+        return None
+
+    def on(self, b: Batch, ratio: Tensor, adv: Tensor, picked: Optional[Tensor] = None) -> Tensor:
+        return self(ratio, adv)
 
 
 class Denominator(Protocol):

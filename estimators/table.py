@@ -44,7 +44,7 @@ def markdown() -> str:
         row = [f"`{name}`"] + [_cell(est, c) for c in COLUMNS] + ["; ".join(extras) or "—", est.source]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
     lines += ["", "## Parts", ""]
-    from . import catalogue, parts
+    from . import baselines, catalogue, parts, regions
     for cls in (parts.Current, parts.Old, parts.Unit, parts.SequenceGeometric, parts.SequenceRatio,
                 parts.RolloutIS, parts.TruncatedIS, catalogue.SequenceRatioTokenGrad,
                 parts.NoClip, parts.Clip, parts.CISClip, catalogue.GammaWeight, parts.Plain, parts.Shaped,
@@ -52,7 +52,12 @@ def markdown() -> str:
                 parts.GAE, catalogue.PassAtK, catalogue.EntropyMasked,
                 parts.TokenMean, parts.SeqMeanTokenMean, parts.SeqMeanTokenSum,
                 parts.ConstantNormaliser, parts.KLPenalty, parts.Switch, parts.Linear,
-                parts.Power, parts.Always, catalogue.ChordSchedule):
+                parts.Power, parts.Always,
+                regions.Divergence, regions.SoftGate, regions.GeometricClip, regions.CovarianceClip,
+                regions.CovarianceTop, regions.PickedPenalty, regions.ProximalPenalty,
+                baselines.GreedyBaseline, baselines.LengthWeighted, baselines.BestOfGroup,
+                baselines.ShareScaled, baselines.OptimalTokenBaseline, baselines.GroupWhitened,
+                catalogue.ChordSchedule):
         doc = " ".join((cls.__doc__ or "").split())
         lines.append(f"- **`{cls.__name__}`** — {doc}")
     return "\n".join(lines) + "\n"

@@ -71,6 +71,7 @@ from torch import Tensor
 import estimators
 from estimators import Batch, Estimator, Hybrid
 from estimators.estimator import DEMOS, Plan
+from estimators.parts import KLPenalty
 from estimators.slots import CONSTANT, ROWS, TOKENS, Advantage
 from verl.trainer.ppo import core_algos
 
@@ -210,7 +211,22 @@ def trainable(name: str):
     if "values" in est.needs:
         raise ValueError(f"preset {name!r} needs a critic's values; in verl use "
                          f"algorithm.adv_estimator=gae with policy_loss.loss_mode={PREFIX}{name}")
+    _refuse_unplanned(name, est)
     return est.map_parts(lambda slot, part: None if slot.endswith("kl") else part)
+
+
+def _refuse_unplanned(name: str, est) -> None:
+    """The plan fields carry Â and row weights only: a preset that also picks tokens in its plan
+    (Clip-Cov, KL-Cov), adds a penalty other than the KL verl's ``use_kl_loss`` replaces (DRO), or
+    needs a batch field besides π_ref (ReMax's greedy reward, OTB's Σπ²) is refused by name."""
+    if not isinstance(est, Estimator):
+        return
+    why = ([f"needs Batch.{f}" for f in est.needs if f not in ("logp_ref", "values")]
+           + (["picks tokens in its plan"] if getattr(est.mask, "reads_old", False) else [])
+           + ([f"adds {type(est.kl).__name__}"] if est.kl is not None and not isinstance(est.kl, KLPenalty) else []))
+    if why:
+        raise ValueError(f"preset {name!r} {', '.join(why)}, which the plan fields do not carry: in verl "
+                         "use verl's own policy_loss.loss_mode / algorithm.adv_estimator for it")
 
 
 def _components(plan: Plan) -> list[Plan]:

@@ -50,8 +50,12 @@ def update(tree: Tree, est, unit: float, theta, G: int, R: int, gen: torch.Gener
     demo = (torch.arange(nR + nD) >= nR).expand(shape).reshape(-1)
     x = tree.train_idx[xi]
     logp = tree.token_logp(th)[x, j]
+    needed = {"values": lambda: tree.values(th.detach())[x, j],
+              "logp_ref": lambda: logp.detach(),        # a KL to π_ref measured at π_ref = π_θ
+              "reward_baseline": lambda: tree.correct[x, tree.greedy(th.detach())[x]],
+              "sum_pi_squared": lambda: tree.sum_pi_squared(th.detach())[x, j]}
     b = Batch(logp=logp, mask=tree.mask[j], reward=tree.correct[x, j], group=grp, is_demo=demo,
-                 logp_old=logp.detach(), **({"values": tree.values(th.detach())[x, j]} if "values" in est.needs else {}))
+              logp_old=logp.detach(), **{f: needed[f]() for f in est.needs if f in needed})
     plan = est.plan(b)
     loss = est.terms(b, plan).sum()
     (g,) = torch.autograd.grad(-loss, th)

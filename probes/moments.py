@@ -98,6 +98,15 @@ class Context:
         return self.tree.token_entropy(self.theta_old)
 
     @cached_property
+    def greedy_reward_old(self) -> Tensor:
+        """[X] reward of each prompt's greedy sequence under π_old."""
+        return self.tree.correct[torch.arange(self.tree.X), self.tree.greedy(self.theta_old)]
+
+    @cached_property
+    def sum_pi_squared_old(self) -> Tensor:
+        return self.tree.sum_pi_squared(self.theta_old)
+
+    @cached_property
     def q(self) -> Tensor:
         """[3, P, J] slot distributions q_S, q_F, q_D (π_old on C_x, on its complement, π_β)."""
         x = self.prompts
@@ -160,6 +169,10 @@ def make_batch(ctx: Context, est, x: Tensor, j: Tensor, demo: Tensor, group: Ten
         f["logp_ref"] = f["logp_old"]
     if "entropy" in est.needs:    # the entropy mask reads π_old's token entropy
         f["entropy"] = ctx.entropy_old[x, j]
+    if "reward_baseline" in est.needs:   # ReMax: the reward of π_old's greedy sequence
+        f["reward_baseline"] = ctx.greedy_reward_old[x]
+    if "sum_pi_squared" in est.needs:    # optimal token baseline: Σ_v π_old(v)² per token
+        f["sum_pi_squared"] = ctx.sum_pi_squared_old[x, j]
     return Batch(**prepare(f)), leaf
 
 
@@ -181,7 +194,7 @@ def row_grads(est, b: Batch, leaf: Tensor) -> RowGrads:
     core, cplan = (est.rl, plan.parts[0]) if isinstance(est, Hybrid) else (est, plan)
     with torch.no_grad():
         trained = b.mask * (cplan.coef != 0).to(b.mask.dtype)[:, None]
-        off = (core.mask(core.denominator(b), cplan.adv) != 1).to(b.mask.dtype) * trained
+        off = (core.mask.on(b, core.denominator(b), cplan.adv, cplan.picked) != 1).to(b.mask.dtype) * trained
         sft_groups = {g for g, label in plan.labels().items() if label == SFT_LABEL}
         sft = torch.tensor([int(g) in sft_groups for g in b.group.tolist()], dtype=torch.bool)
     return RowGrads(d.detach(), off.sum(-1), trained.sum(-1), sft)

@@ -138,6 +138,25 @@ def on_policy() -> list[Probe]:
         Probe("chord", preset("chord"), note="(1−μ)·GRPO + μ·φ-SFT, μ = 0.9 at step 0"),
         Probe("pkpo", preset("pkpo"), target="passk", note="unbiased for ∇pass@k, not ∇J"),
         Probe("entropy_mask", preset("entropy_mask"), target="w", note="top-20 % entropy tokens"),
+    ] + verl_presets()
+
+
+def verl_presets() -> list[Probe]:
+    """verl 0.9.1's policy losses (GRPO's std advantage: target w) and advantage estimators."""
+    return [
+        Probe("dppo_tv", preset("dppo_tv"), target="w"),
+        Probe("dppo_kl", preset("dppo_kl"), target="w"),
+        Probe("sapo", preset("sapo"), target="w"),
+        Probe("gmpo", preset("gmpo"), target="w"),
+        Probe("clip_cov", preset("clip_cov"), target="w", note="covariance-picked tokens detached"),
+        Probe("kl_cov", preset("kl_cov"), target="w", note="penalty inactive at θ = θ_old"),
+        Probe("dro", preset("dro"), target="w", note="penalty inactive at θ = θ_old"),
+        Probe("gpg", preset("gpg"), note="× B/#(r≠0)"),
+        Probe("remax", preset("remax"), note="greedy-rollout baseline"),
+        Probe("opo", preset("opo")),
+        Probe("grpo_passk", preset("grpo_passk"), note="best row only (pass@k target)"),
+        Probe("otb", preset("otb"), note="self-inclusive per-token baseline"),
+        Probe("reinforce_pp_baseline", preset("reinforce_pp_baseline")),
     ]
 
 

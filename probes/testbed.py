@@ -195,6 +195,28 @@ class Tree:
         h = -(lp.exp() * lp).sum(-1)
         return h[:, self.node] * self.mask
 
+    def sum_pi_squared(self, theta: Tensor) -> Tensor:
+        """[X, J, H] Σ_v π_θ(v | x, y_<t)² at each position (the optimal token baseline's input)."""
+        pi = torch.softmax(self.policy.logits(theta), -1)  # [X, nodes, V]
+        return (pi * pi).sum(-1)[:, self.node] * self.mask
+
+    def greedy(self, theta: Tensor) -> Tensor:
+        """[X] index of each prompt's greedy (argmax at every position) sequence."""
+        top = self.policy.logits(theta).argmax(-1)  # [X, nodes]
+        index = {s: j for j, s in enumerate(self.strings)}
+        letters = LETTERS[: self.L]
+        out = []
+        for x in range(self.X):
+            s = ""
+            while len(s) < self.cfg.H:
+                v = int(top[x, self.nodes.index(s)])
+                if v == self.eos:
+                    s += "$"
+                    break
+                s += letters[v]
+            out.append(index[s])
+        return torch.tensor(out)
+
     def values(self, theta: Tensor) -> Tensor:
         """[X, J, H] exact critic V(x, y_<t) = P(r=1 | prefix) under π_θ (for PPO/GAE)."""
         tl = self.token_logp(theta)

@@ -117,3 +117,73 @@ def test_constant_normaliser_scale_is_exact():
     a = expected_estimate(estimators.get("dr_grpo").replace(reduction=ConstantNormaliser(7.0)), theta, 1, 2)
     b = expected_estimate(estimators.get("dr_grpo").replace(reduction=ConstantNormaliser(1.0)), theta, 1, 2)
     assert torch.allclose(a * 7.0, b, atol=1e-12, rtol=0)
+
+
+# ------------------------------------------------- baselines from verl's catalogue (ReMax, OTB)
+
+
+def expected_estimate_with(est, theta, x, G, **fields):
+    """`expected_estimate` with extra Batch fields, each a function (theta, x) → per-sequence
+    values [S] or [S, H] (indexed like the enumerated rows)."""
+    tuples = torch.tensor(list(itertools.product(range(len(SEQS)), repeat=G)))
+    lp_seq = token_logp(theta, x, SEQS)
+    weight = lp_seq.sum(1).exp().detach()[tuples].prod(1)
+    rows = tuples.reshape(-1)
+    batch = Batch(logp=lp_seq[rows], mask=torch.ones(len(rows), H, dtype=torch.float64),
+                  reward=reward(x, SEQS)[rows], group=torch.arange(len(tuples)).repeat_interleave(G),
+                  **{k: f(theta, x)[rows] for k, f in fields.items()})
+    surrogate = (est.terms(batch).sum(1) * weight.repeat_interleave(G)).sum() * len(tuples)
+    return -torch.autograd.grad(surrogate, theta)[0]
+
+
+def greedy_reward(theta, x):
+    """[S] the reward of the prompt's greedy (argmax) sequence, the same for every row."""
+    prev, seq = V, []
+    for t in range(H):
+        prev = int(theta[x, t, prev].argmax())
+        seq.append(prev)
+    return reward(x, torch.tensor([seq])).expand(len(SEQS))
+
+
+def sum_pi_squared(theta, x):
+    """[S, H] Σ_v π(v | x, y_{t−1})² at each position of each sequence."""
+    prev = torch.cat([torch.full((SEQS.shape[0], 1), V), SEQS[:, :-1]], 1)
+    p = torch.softmax(theta[x, torch.arange(H)[None, :], prev], -1)
+    return (p ** 2).sum(-1).detach()
+
+
+def same_policy(theta, x):
+    """π_ref = π_θ: the KL in ReMax's reward is 0, so its target is ∇J."""
+    return token_logp(theta, x, SEQS).detach()
+
+
+@pytest.mark.parametrize("G", [1, 2, 3])
+def test_remax_greedy_baseline_is_unbiased(G):
+    """E[(r − r(greedy))·∇log π] = ∇J: the greedy rollout does not depend on the sample. The
+    token-mean over fixed-length (H) rows puts the estimate on the scale ∇J / H."""
+    theta = make_theta(1)
+    est = estimators.get("remax")
+    for x in (0, 1):
+        g, _ = true_grad(theta, x)
+        m = expected_estimate_with(est, theta, x, G, reward_baseline=greedy_reward, logp_ref=same_policy)
+        assert torch.allclose(m * H, g, atol=1e-10, rtol=0), (x, (m * H - g).abs().max())
+        assert float(greedy_reward(theta, x)[0]) in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("G", [2, 3])
+def test_optimal_token_baseline_leave_one_out_is_unbiased_verl_s_is_not(G):
+    """With each row's baseline taken from the other rows only, OTB is exactly unbiased for ∇J.
+    verl's OTB (the ``otb`` preset) includes the row itself in B_t and shrinks the update —
+    by a factor near (G−1)/G, not exactly it (the weights W_t depend on the row)."""
+    from estimators.baselines import OptimalTokenBaseline
+
+    theta = make_theta(1)
+    verl_otb = estimators.get("otb")
+    loo = verl_otb.replace(advantage=OptimalTokenBaseline(leave_one_out=True))
+    for x in (0, 1):
+        g, _ = true_grad(theta, x)
+        m = expected_estimate_with(loo, theta, x, G, sum_pi_squared=sum_pi_squared)
+        assert torch.allclose(m * H, g, atol=1e-10, rtol=0), (x, (m * H - g).abs().max())
+        biased = expected_estimate_with(verl_otb, theta, x, G, sum_pi_squared=sum_pi_squared) * H
+        shrink = float((biased * g).sum() / (g * g).sum())
+        assert 0.3 < shrink < 0.8 and (biased - g).abs().max() > 1e-2, shrink

@@ -33,10 +33,13 @@ def batch_for(name, **kw):
     est = estimators.get(name)
     b = random_batch(demos=isinstance(est, Hybrid) or est.rows != "rollouts",
                      values="values" in est.needs, **kw)
-    if "entropy" in est.needs:                      # π_θold's token entropy (entropy mask)
-        g = torch.Generator().manual_seed(kw.get("seed", 0) + 1000)
-        b = b.replace(entropy=torch.rand(b.logp.shape, generator=g, dtype=DT) * 3)
-    return b.replace(logp_ref=b.logp_old) if "logp_ref" in est.needs else b   # π_ref = π_θold
+    g = torch.Generator().manual_seed(b.size)
+    extra = {"logp_ref": lambda: b.logp_old,                                   # π_ref = π_θold
+             "entropy": lambda: torch.rand(b.logp.shape, generator=torch.Generator().manual_seed(
+                 kw.get("seed", 0) + 1000), dtype=DT) * 3,                     # π_θold's token entropy
+             "reward_baseline": lambda: torch.rand(b.size, generator=g, dtype=DT),
+             "sum_pi_squared": lambda: torch.exp(b.logp_old) ** 2 + 0.5 * torch.rand(b.logp.shape, generator=g, dtype=DT)}
+    return b.replace(**{f: extra[f]() for f in est.needs if f in extra})
 
 
 def grad(est, b, plan=None):
@@ -221,8 +224,13 @@ def test_zero_advantage_gives_zero_gradient(name):
     est = estimators.get(name)
     b = batch_for(name, seed=14)
     # every reward equal (all correct, so the HPT gate picks RL): Â ≡ 0; PPO: V ≡ 0 and r ≡ 0
-    reward = torch.zeros_like(b.reward) if name in ("ppo", "reinforce") else torch.ones_like(b.reward)
+    # otb: r ≡ 0 (the strictly longest rollout's tail beyond the second longest has no baseline)
+    reward = torch.zeros_like(b.reward) if name in ("ppo", "reinforce", "otb") else torch.ones_like(b.reward)
     b = b.replace(reward=reward, values=torch.zeros_like(b.logp) if b.values is not None else None)
+    if b.reward_baseline is not None:            # ReMax: the greedy rollout earned as much
+        b = b.replace(reward_baseline=reward)
+    if getattr(est, "kl", None) is not None:     # a penalty toward π_θold (DRO, KL-Cov) pulls
+        b = b.replace(logp_old=b.logp.detach())   # whenever θ ≠ θ_old: take θ = θ_old
     g = grad(est, b)
     assert g is None or torch.all(g == 0), name
 

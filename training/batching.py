@@ -51,6 +51,7 @@ class Row:
     example: object
     clipped: bool = False  # hit max_new_tokens without an eos (or a truncated demo)
     behavior_logp: Optional[tuple] = None  # the engine's log-probs of the response (vLLM)
+    reward_baseline: Optional[float] = None  # reward of the prompt's greedy rollout (ReMax)
 
     @property
     def source(self) -> str:
@@ -159,13 +160,17 @@ def group_filter(t: TrainerSteps) -> Callable[[list[Row]], list[Row]]:
 
 def to_batch(rows: list[Row], logp, mask, values: Optional[torch.Tensor] = None,
              logp_ref: Optional[torch.Tensor] = None) -> Batch:
-    """The estimator's Batch for ``rows`` (``logp`` also serves as π_θold: no-grad forward)."""
+    """The estimator's Batch for ``rows`` (``logp`` also serves as π_θold: no-grad forward);
+    ``reward_baseline`` when every row carries one."""
     dev = logp.device
+    greedy = [r.reward_baseline for r in rows]
     return Batch(logp=logp, mask=mask,
                  reward=torch.tensor([r.reward for r in rows], dtype=logp.dtype, device=dev),
                  group=torch.tensor([r.group for r in rows], dtype=torch.long, device=dev),
                  is_demo=torch.tensor([r.is_demo for r in rows], dtype=torch.bool, device=dev),
-                 logp_old=logp.detach(), values=values, logp_ref=logp_ref)
+                 logp_old=logp.detach(), values=values, logp_ref=logp_ref,
+                 reward_baseline=(torch.tensor(greedy, dtype=logp.dtype, device=dev)
+                                  if greedy and None not in greedy else None))
 
 
 def minibatches(rows: list[Row], k: int, generator: torch.Generator) -> list[torch.Tensor]:

@@ -6,6 +6,8 @@ sampling temperature τ:
     z_t      = (W h_t + b) / τ                      logits of the sampled distribution, float32
     log p_t  = z_t[y_t] − logsumexp(z_t)             the token's log-prob
     H_t      = logsumexp(z_t) − Σ_v p_t(v) z_t(v)     its entropy, p_t = softmax(z_t)
+    S_t      = Σ_v p_t(v)²                            (no gradient; the optimal token baseline's
+                                                       ‖∇_z log p_t‖² = 1 − 2p_t(y_t) + S_t)
 
 `HeadLogProbs` computes both over chunks of tokens, each chunk's [c, V] logits formed, reduced
 and freed before the next: peak memory is two [c, V] float32 tensors however long the batch
@@ -48,15 +50,17 @@ def _logits(h: Tensor, weight: Tensor, bias: Optional[Tensor], inv_t: float) -> 
 
 
 class HeadLogProbs(torch.autograd.Function):
-    """(log p, H) [N] of N tokens from hidden states [N, H] and the output layer (W [V, H],
-    b [V] or None) at temperature 1/``inv_t``; see the module docstring."""
+    """(log p, H, Σp²) [N] of N tokens from hidden states [N, H] and the output layer (W [V, H],
+    b [V] or None) at temperature 1/``inv_t``; see the module docstring. Σp² (zeros unless
+    ``want_sq``) carries no gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, inv_t: float, chunk: int):
+    def forward(ctx, hidden, weight, bias, targets, inv_t: float, chunk: int, want_sq: bool = False):
         dt = _compute_dtype(weight)
         N = hidden.shape[0]
         logp = hidden.new_empty(N, dtype=dt)
         ent = hidden.new_empty(N, dtype=dt)
+        sq = hidden.new_zeros(N, dtype=dt)
         lse = hidden.new_empty(N, dtype=dt)
         with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
             for s in range(0, N, chunk):
@@ -64,15 +68,19 @@ class HeadLogProbs(torch.autograd.Function):
                 lse[s:s + chunk] = l = torch.logsumexp(z, -1)
                 z -= l[:, None]  # log p, in place
                 logp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1)
-                ent[s:s + chunk] = -z.exp().mul_(z).sum(-1)  # −Σ p log p: no cancellation
-                del z
+                p = z.exp()
+                if want_sq:  # Σ p² as a batched dot product: no third [c, V] buffer
+                    sq[s:s + chunk] = torch.bmm(p[:, None, :], p[:, :, None]).view(-1)
+                ent[s:s + chunk] = -p.mul_(z).sum(-1)  # −Σ p log p: no cancellation
+                del z, p
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
         ctx.inv_t, ctx.chunk = inv_t, chunk
         ctx.set_materialize_grads(False)
-        return logp, ent
+        ctx.mark_non_differentiable(sq)
+        return logp, ent, sq
 
     @staticmethod
-    def backward(ctx, g_logp, g_ent):
+    def backward(ctx, g_logp, g_ent, g_sq=None):
         hidden, weight, bias, targets, lse, ent = ctx.saved_tensors
         inv_t, chunk = ctx.inv_t, ctx.chunk
         dt = _compute_dtype(weight)
@@ -81,7 +89,7 @@ class HeadLogProbs(torch.autograd.Function):
         g_w = torch.zeros_like(weight, dtype=dt) if need_w else None
         g_b = torch.zeros_like(bias, dtype=dt) if need_b and bias is not None else None
         if g_logp is None and g_ent is None:
-            return g_h, g_w, g_b, None, None, None
+            return g_h, g_w, g_b, None, None, None, None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
                 h = hidden[s:s + chunk]
@@ -106,7 +114,7 @@ class HeadLogProbs(torch.autograd.Function):
                 if g_b is not None:
                     g_b += dz.sum(0)
         return (g_h, g_w.to(weight.dtype) if g_w is not None else None,
-                g_b.to(bias.dtype) if g_b is not None else None, None, None, None)
+                g_b.to(bias.dtype) if g_b is not None else None, None, None, None, None)
 
 
 def chunk_tokens(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -116,17 +124,19 @@ def chunk_tokens(vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
 
 def token_logp_entropy(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                        mask: Tensor, temperature: float = 1.0,
-                       chunk_bytes: int = CHUNK_BYTES) -> tuple[Tensor, Tensor]:
+                       chunk_bytes: int = CHUNK_BYTES, sum_pi_squared: bool = False) -> tuple:
     """(log p, H) [B, T] of ``targets`` [B, T] given hidden states [B, T, H] (the state that
     predicts each target), zero where ``mask`` is 0; differentiable in ``hidden``, ``weight``,
     ``bias``. Equals ``log_softmax((hidden @ W.T + b) / τ)`` gathered at the targets and its
-    entropy, without the [B, T, V] tensor (module docstring)."""
+    entropy, without the [B, T, V] tensor (module docstring). With ``sum_pi_squared`` also
+    Σ_v p(v)² [B, T] (no gradient) as a third element."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 to score log-probs, got {temperature}")
     keep = mask.bool()
     chunk = chunk_tokens(weight.shape[0], chunk_bytes)
-    logp, ent = HeadLogProbs.apply(hidden[keep], weight, bias, targets[keep], 1.0 / temperature,
-                                   chunk)
+    logp, ent, sq = HeadLogProbs.apply(hidden[keep], weight, bias, targets[keep], 1.0 / temperature,
+                                       chunk, sum_pi_squared)
     zeros = torch.zeros(mask.shape, dtype=logp.dtype, device=logp.device)
     # masked_scatter keeps an all-padding batch connected to the graph (a zero gradient)
-    return zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, ent)
+    out = (zeros.masked_scatter(keep, logp), zeros.masked_scatter(keep, ent))
+    return out + (zeros.masked_scatter(keep, sq),) if sum_pi_squared else out

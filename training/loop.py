@@ -151,9 +151,24 @@ class Trainer:
             texts = [self.tok.decode(c, skip_special_tokens=True) for _, _, c, *_ in raw]
             rewards = self.reward_fn(texts, [e.answer for e, *_ in raw])
         eos = self.tok.eos_token_id
+        base = self.greedy_rewards(stage, examples, prompts, step, rnd, offset)
         return [Row(tuple(p), tuple(c), float(r), r >= 0.5, g, demo, j, e,
-                    clipped=bool(c) and c[-1] != eos, behavior_logp=lp)
+                    clipped=bool(c) and c[-1] != eos, behavior_logp=lp,
+                    reward_baseline=base[g - offset] if base else None)
                 for (e, p, c, demo, j, g, lp), r in zip(raw, rewards)]
+
+    def greedy_rewards(self, stage: Stage, examples: list, prompts: list, step: int, rnd: int,
+                       offset: int) -> Optional[list]:
+        """ReMax's baseline (``Batch.reward_baseline``): the reward of one greedy (temperature 0)
+        rollout per prompt; None when the estimator does not need it."""
+        if "reward_baseline" not in stage.est.needs:
+            return None
+        with self.timers("sample"):
+            comps, _ = self.sampler.sample(prompts, 1, 0.0, 1.0, self.cfg.max_new_tokens,
+                                           _seed(self.cfg.seed, step, rnd), first=offset)
+        with self.timers("score"):
+            texts = [self.tok.decode(c[0], skip_special_tokens=True) for c in comps]
+            return [float(r) for r in self.reward_fn(texts, [e.answer for e in examples])]
 
     def demo_ids(self, e: data.Example) -> list[int]:
         ids = self.tok(e.demo, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
@@ -214,11 +229,13 @@ class Trainer:
             if known:
                 full = full.replace(logp_behavior=rollouts.behavior_logp(full.logp_old))
             return StepBatch(packed, full, True, known)
-        old = self.score_no_grad(packed, stage.critic.head)
+        old = self.score_no_grad(packed, stage.critic.head, "sum_pi_squared" in stage.est.needs)
         if not self.dist.all_true(bool(torch.isfinite(old.logp).all())):
             return None
         full = batching.to_batch(rows, old.logp, packed.mask, old.values, self.reference.logp(packed))
         full = full.replace(entropy=old.entropy)  # π_θold's entropy, for a plan that reads it
+        if old.sum_pi_squared is not None:  # Σ_v π_θold(v)² per token (optimal token baseline)
+            full = full.replace(sum_pi_squared=old.sum_pi_squared)
         if known:
             full = full.replace(logp_behavior=rollouts.behavior_logp(old.logp))
         m.tokens(old, full, known, stage.correction)
@@ -295,8 +312,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return norm, skipped
 
-    def score_no_grad(self, packed: Packed, critic_head):
-        """π_θold log-probs (and old values) of every row, in micro-batches, without grad."""
+    def score_no_grad(self, packed: Packed, critic_head, sum_pi_squared: bool = False):
+        """π_θold log-probs (and old values, Σ_v π_θold(v)²) of every row, in micro-batches,
+        without grad."""
         parts = []
         with torch.no_grad():
             for idx in self.backend.micro_batches(torch.arange(packed.ids.shape[0]), self.cfg.micro_batch):
@@ -304,10 +322,10 @@ class Trainer:
                     self.zero_pass(packed, grad=False)
                     continue
                 parts.append(score(self.model, _select_packed(packed, idx, trim=False), critic_head,
-                                   temperature=self.cfg.temperature))
+                                   temperature=self.cfg.temperature, sum_pi_squared=sum_pi_squared))
         cat = lambda xs: torch.cat(xs) if xs[0] is not None else None  # noqa: E731
         return type(parts[0])(cat([p.logp for p in parts]), cat([p.entropy for p in parts]),
-                              cat([p.values for p in parts]))
+                              cat([p.values for p in parts]), cat([p.sum_pi_squared for p in parts]))
 
     def zero_pass(self, packed: Packed, grad: bool) -> None:
         """A forward (and, with ``grad``, backward) pass on one row with zero weight: it takes

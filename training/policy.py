@@ -60,11 +60,13 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
 
 @dataclass
 class Scored:
-    """logp, entropy [B, T] (masked to 0 off the response) and values [B, T] or None."""
+    """logp, entropy [B, T] (masked to 0 off the response), values [B, T] or None and
+    sum_pi_squared [B, T] (Σ_v π(v)², no gradient) or None."""
 
     logp: Tensor
     entropy: Tensor
     values: Optional[Tensor] = None
+    sum_pi_squared: Optional[Tensor] = None
 
 
 class ValueHead(nn.Module):
@@ -82,7 +84,7 @@ class ValueHead(nn.Module):
 
 
 def score(model, packed: Packed, value_head: Optional[ValueHead] = None,
-          temperature: float = 1.0, chunk_bytes: int = CHUNK_BYTES) -> Scored:
+          temperature: float = 1.0, chunk_bytes: int = CHUNK_BYTES, sum_pi_squared: bool = False) -> Scored:
     """Log-probs and entropies of the response tokens under the *sampled* distribution
     softmax(logits / ``temperature``) — the one the rollout engine drew them from (HF
     ``generate`` and vLLM divide the logits by the temperature before sampling; so does TRL
@@ -106,7 +108,7 @@ def score(model, packed: Packed, value_head: Optional[ValueHead] = None,
         got["hidden"] = hidden
         got["out"] = token_logp_entropy(hidden, module.weight, module.bias,
                                         packed.ids[:, P:P + T], packed.mask, temperature,
-                                        chunk_bytes)
+                                        chunk_bytes, sum_pi_squared)
 
     hooks = [head.register_forward_pre_hook(take_hidden), head.register_forward_hook(head_logprobs)]
     try:
@@ -115,11 +117,11 @@ def score(model, packed: Packed, value_head: Optional[ValueHead] = None,
     finally:
         for h in hooks:
             h.remove()
-    logp, entropy = got["out"]
+    logp, entropy, *sq = got["out"]
     values = None
     if value_head is not None:
         values = value_head(got["hidden"].float()) * packed.mask
-    return Scored(logp, entropy, values)
+    return Scored(logp, entropy, values, sq[0] if sq else None)
 
 
 # config fields that transform the logits after the output layer (not modelled by `score`)

@@ -21,6 +21,10 @@ from .config import RunConfig, stage_estimators, with_gate
 from .rollout import engines
 
 OFFICIAL_RANKS = 8  # HPT/LUFFY: Σ tokens / max_response_length per rank, averaged over 8 ranks
+# Batch fields beyond the rollouts that the trainer fills when an estimator declares them in
+# ``needs``: π_ref log-probs (a frozen copy), critic values (value head), the greedy rollout's
+# reward (one temperature-0 sample per prompt), Σ_v π_θold(v)² (the chunked output layer).
+SUPPLIED = ("logp_ref", "values", "entropy", "reward_baseline", "sum_pi_squared")
 
 
 def scale_constants(est, max_new_tokens: int):
@@ -39,6 +43,10 @@ def with_options(est, cfg: RunConfig):
     if cfg.entropy_coef is not None:
         est = est.replace(entropy_coef=cfg.entropy_coef)
     if cfg.kl_coef > 0:
+        own = getattr(est, "kl", None)
+        if own is not None and not isinstance(own, KLPenalty):  # KL-Cov's, DRO's: not a KL to π_ref
+            raise ValueError(f"--kl-coef {cfg.kl_coef}: preset {cfg.preset!r} already has a penalty in its "
+                             f"KL slot ({type(own).__name__}); the flag would replace it")
         est = est.with_kl(KLPenalty(coef=cfg.kl_coef, kind="k3"))
     est = with_gate(est, cfg)
     if cfg.entropy_mask is not None:
@@ -84,6 +92,10 @@ def make_stage(name: str, cfg: RunConfig, first: int, last: int, est=None) -> St
     """Stage ``name`` (the preset of that name unless ``est`` is given) with the run's options."""
     est = estimators.get(name) if est is None else est
     est = with_options(scale_constants(est, cfg.max_new_tokens), cfg)
+    missing = [f for f in est.needs if f not in SUPPLIED]
+    if missing:
+        raise ValueError(f"estimator {name!r} needs Batch.{', Batch.'.join(missing)}, which this "
+                         f"trainer cannot supply (it supplies {', '.join(SUPPLIED)})")
     t = est.trainer
     buffer = batching.scaled_buffer(t.overlong_buffer, cfg.max_new_tokens)
     return Stage(
