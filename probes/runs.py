@@ -85,6 +85,8 @@ class RunOptions:
     ref: int = 128                 # rollouts per prompt for the reference gradient
     ref_chunks: int = 8            # K independent chunks of the reference
     seed: int = 0
+    trcov: str = "updates"         # "groups": per-group gradients, tr Cov from independent groups
+    micro_batch: int = 64          # rows per forward/backward
     dtype: torch.dtype = torch.float32
 
     def groups_per_prompt(self, G: int) -> int:
@@ -378,48 +380,70 @@ class Measured:
 
 
 class Measurer:
-    """Gradients of one checkpoint's policy: the pool, π_ref and the value head are fixed."""
+    """Gradients of one checkpoint's policy: the pool, π_ref and the value head are fixed.
+    Log-probs of every pool row are scored once (no grad) and shared by every estimator."""
 
     def __init__(self, model, ref_model, value_head, tok, src: Source, pool: Pool, o: RunOptions, G: int):
         self.model, self.ref_model, self.value_head, self.tok = model, ref_model, value_head, tok
         self.src, self.pool, self.o, self.G = src, pool, o, G
         self.params = trainable(model)
         self.R = o.groups_per_prompt(G)
+        self._logp: dict = {}
 
     @property
     def D(self) -> int:
         return sum(p.numel() for _, p in self.params)
 
-    def group_grads(self, prompts, resp, group, d: Tensor) -> Tensor:
-        """[n_groups, D] h_k = ∇_θ Σ_{i∈k} Σ_t d_{i,t} log π_θ(y_{i,t}), one backward per group."""
-        ids = sorted(set(group))
+    def grads(self, prompts, resp, group, d: Tensor, per_group: bool) -> Tensor:
+        """[n, D] gradients ∇_θ Σ_i Σ_t d_{i,t} log π_θ(y_{i,t}) over the rows of each group
+        (``per_group``), or of the whole update (n = 1, in micro-batches of ``micro_batch``
+        rows): a batched backward each, the sum of the rows' per-sample gradients."""
+        gid = torch.tensor(group) if per_group else torch.zeros(len(group), dtype=torch.long)
+        ids = sorted(set(gid.tolist()))
         out = torch.zeros(len(ids), self.D, dtype=self.o.dtype)
-        g = torch.tensor(group)
-        for k, gid in enumerate(ids):
-            idx = (g == gid).nonzero().flatten().tolist()
-            if not bool(d[idx].any()):
-                continue
+        for k, g in enumerate(ids):
+            rows = [i for i in (gid == g).nonzero().flatten().tolist() if bool(d[i].any())]
             self.model.zero_grad(set_to_none=True)
-            _, s = score_rows(self.model, [prompts[i] for i in idx], [resp[i] for i in idx],
-                              self.tok.pad_token_id, self.src.temperature, grad=True)
-            T = s.logp.shape[1]
-            (s.logp * d[idx, :T].to(s.logp.dtype)).sum().backward()
+            for c in range(0, len(rows), self.o.micro_batch):
+                idx = rows[c:c + self.o.micro_batch]
+                _, s = score_rows(self.model, [prompts[i] for i in idx], [resp[i] for i in idx],
+                                  self.tok.pad_token_id, self.src.temperature, grad=True)
+                T = s.logp.shape[1]
+                (s.logp * d[idx, :T].to(s.logp.dtype)).sum().backward()
             out[k] = flat_grad(self.model, self.params)
         self.model.zero_grad(set_to_none=True)
         return out
 
+    def logp(self, prompts, resp) -> Tensor:
+        """[B, T] log π_θ of the rows (cached per (prompt, response)), right-padded with 0."""
+        todo = [i for i, key in enumerate(zip(map(tuple, prompts), resp)) if key not in self._logp]
+        for c in range(0, len(todo), self.o.micro_batch):
+            idx = todo[c:c + self.o.micro_batch]
+            packed, s = score_rows(self.model, [prompts[i] for i in idx], [resp[i] for i in idx],
+                                   self.tok.pad_token_id, self.src.temperature)
+            for j, i in enumerate(idx):
+                self._logp[(tuple(prompts[i]), resp[i])] = s.logp[j, :int(packed.mask[j].sum())].double()
+        T = max(1, max(len(r) for r in resp))
+        out = torch.zeros(len(resp), T, dtype=torch.float64)
+        for i, key in enumerate(zip(map(tuple, prompts), resp)):
+            lp = self._logp[key]
+            out[i, :len(lp)] = lp
+        return out
+
     def batch(self, est, prompts, resp, group, demo, reward) -> tuple[Batch, Tensor]:
-        vh = self.value_head if "values" in est.needs else None
-        packed, s = score_rows(self.model, prompts, resp, self.tok.pad_token_id, self.src.temperature, vh)
-        lp = s.logp.double()
+        lp = self.logp(prompts, resp)
         leaf = lp.clone().requires_grad_(True)
-        mask = packed.mask.double()
+        mask = torch.zeros_like(lp)
+        for i, r in enumerate(resp):
+            mask[i, :len(r)] = 1.0
         f = dict(logp=leaf, mask=mask, reward=torch.tensor(reward, dtype=torch.float64),
                  group=torch.tensor(group), is_demo=torch.tensor(demo), logp_old=lp)
         if "logp_ref" in est.needs or getattr(est, "kl", None) is not None:
             f["logp_ref"] = self.ref_logp(prompts, resp)
-        if vh is not None:
-            f["values"] = s.values.double()
+        if "values" in est.needs:
+            with torch.no_grad():
+                f["values"] = score_rows(self.model, prompts, resp, self.tok.pad_token_id,
+                                         self.src.temperature, self.value_head)[1].values.double()
         return Batch(**f), leaf
 
     def ref_logp(self, prompts, resp) -> Tensor:
@@ -432,16 +456,16 @@ class Measurer:
     def measure(self, name: str, est) -> Measured:
         G, R, P = self.G, self.R, len(self.pool.prompts)
         unit = Rg.Probe(name, Rg.preset(name)).unit(est, P, R, G)
+        per_group = self.o.trcov == "groups" and Mo.exact_support(est)[0]
         H, off, tokens = [], 0.0, 0.0
         for u in range(self.o.updates):
             prompts, resp, group, demo, reward = update_rows(self.pool, est, G, R, u)
             b, leaf = self.batch(est, prompts, resp, group, demo, reward)
             rg = Mo.row_grads(est, b, leaf)
             off, tokens = off + float(rg.off.sum()), tokens + float(rg.tokens.sum())
-            H.append(self.group_grads(prompts, resp, group, rg.d) * unit)
+            H.append(self.grads(prompts, resp, group, rg.d, per_group) * unit)
         nR, nD = Mo.layout(est, G)
-        local = Mo.exact_support(est)[0]
-        return Measured(name, torch.stack(H), P * R * nR, P * R * nD, "groups" if local else "updates",
+        return Measured(name, torch.stack(H), P * R * nR, P * R * nD, "groups" if per_group else "updates",
                         off / tokens if tokens else 0.0)
 
     def reference(self) -> Tensor:
@@ -461,7 +485,7 @@ class Measurer:
                     reward.append(rew)
             b, leaf = self.batch(rloo, prompts, resp, group, demo, reward)
             d = Mo.row_grads(rloo, b, leaf).d
-            out.append(self.group_grads(prompts, resp, [0] * len(prompts), d)[0])
+            out.append(self.grads(prompts, resp, group, d, per_group=False)[0])
         return torch.stack(out)
 
 
@@ -567,6 +591,8 @@ def plan(src: Source, o: RunOptions) -> tuple[list, int, int]:
         raise ProbeInputError(f"--budget {budget} is not divisible by G={G}")
     if o.updates < 2 or o.ref_chunks < 2 or o.ref < 2 * o.ref_chunks:
         raise ProbeInputError("--updates and --ref-chunks must be ≥ 2 and --ref ≥ 2·--ref-chunks")
+    if o.trcov not in ("updates", "groups"):
+        raise ProbeInputError(f"--trcov {o.trcov!r}: valid are updates, groups")
     if o.prompts < 1 or not src.examples:
         raise ProbeInputError("--prompts must be ≥ 1 and the data must hold prompts")
     from transformers import AutoConfig
@@ -644,7 +670,7 @@ def tidy_rows(res: dict) -> list:
         where = f"step={cr.step}" if cr.step is not None else f"model={res['source'].name}"
         for name, vals, se, m in cr.rows:
             setting = (f"{where},G={G},N={m.N},demos={m.demos},budget={G * R},updates={res['options'].updates},"
-                       f"grads=per-group,trcov={m.trcov_from},ref={REFERENCE}({res['options'].ref})")
+                       f"grads={'per-group' if m.trcov_from == 'groups' else 'per-update'},trcov={m.trcov_from},ref={REFERENCE}({res['options'].ref})")
             for k in COLUMNS:
                 out.append({"probe": PROBE, "estimator": name, "setting": setting, "metric": k,
                             "value": vals[k], "stderr": se.get(k, float("nan"))})
@@ -698,7 +724,8 @@ def main_variance(args, argv: list) -> int:
 
     log = (lambda m: print(m, file=sys.stderr)) if args.verbose else (lambda m: None)
     o = RunOptions(estimators=args.estimators, G=args.G, budget=args.budget, updates=args.updates,
-                   prompts=args.prompts, ref=args.ref, ref_chunks=args.ref_chunks, seed=args.seed)
+                   prompts=args.prompts, ref=args.ref, ref_chunks=args.ref_chunks, seed=args.seed,
+                   trcov=args.trcov, micro_batch=args.micro_batch)
     try:
         if args.run and args.model:
             raise ProbeInputError("give --run DIR or --model PATH --data FILE, not both")

@@ -341,6 +341,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--updates", type=int, default=8, help="(--run/--model) independent updates M per estimator")
     run.add_argument("--ref", type=int, default=128, help="(--run/--model) rollouts per prompt for the reference")
     run.add_argument("--ref-chunks", type=int, default=8, help="(--run/--model) independent chunks of the reference")
+    run.add_argument("--trcov", default="updates", choices=("updates", "groups"),
+                     help="(--run/--model) tr Cov across independent updates (one backward per update), or "
+                          "across independent groups (one backward per group; group-local estimators)")
+    run.add_argument("--micro-batch", type=int, default=64, help="(--run/--model) rows per forward/backward")
     run.add_argument("--temperature", type=float, default=1.0, help="(--model) sampling temperature")
     run.add_argument("--max-new-tokens", type=int, default=48, help="(--model) response length")
     return ap
