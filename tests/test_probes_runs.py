@@ -177,3 +177,19 @@ def test_unbiased_presets_and_dr_grpo_scale_on_the_embedded_base(tmp_path, threa
     vals, se = got["dr_grpo"]
     assert abs(vals["scale"] - 0.5) < 3 * se["scale"] < abs(vals["scale"] - 1), (vals["scale"], se["scale"])
     assert not vals["cos_sig"]                     # a pure scale: the direction is unbiased
+
+
+@pytest.mark.slow
+def test_unbiased_presets_and_dr_grpo_scale_on_the_lm_testbed(threads):
+    """The same on the LM testbed (`probes.lm`, per-sample gradients by vmap), with the run
+    probe's noise-aware columns: scale and cos against an 8-chunk RLOO reference."""
+    from probes import lm
+
+    res = lm.run_lm("reinforce,rloo,dr_grpo", 2, 24, 512, 60, 0, log=lambda s: None)
+    got = {r["estimator"]: r for r in res["rows"]}
+    for name in ("reinforce", "rloo"):
+        r = got[name]
+        assert abs(r["scale_ref"] - 1) < 3 * r["scale_ref_se"], (name, r["scale_ref"], r["scale_ref_se"])
+        assert not r["bias_sig"] and not r["cos_sig"], (name, r["bias_z"], r["cos_z"])
+    r = got["dr_grpo"]
+    assert abs(r["scale_ref"] - 0.5) < 3 * r["scale_ref_se"] < abs(r["scale_ref"] - 1)
