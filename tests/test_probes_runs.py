@@ -193,3 +193,17 @@ def test_unbiased_presets_and_dr_grpo_scale_on_the_lm_testbed(threads):
         assert not r["bias_sig"] and not r["cos_sig"], (name, r["bias_z"], r["cos_z"])
     r = got["dr_grpo"]
     assert abs(r["scale_ref"] - 0.5) < 3 * r["scale_ref_se"] < abs(r["scale_ref"] - 1)
+
+
+def test_paper_figure_reads_the_run_probe_records(tmp_path):
+    import fixtures_records as fx
+    from paper_figures import estimator_plane
+    from paper_figures.common import RunIndex
+
+    run = fx.write_run(tmp_path / "runs", fx.RunSpec("hpt-s0", "hpt", steps=4, eval_every=2))
+    fx.write_run_probe(run)
+    result = estimator_plane.make(RunIndex(tmp_path / "runs"), tmp_path / "fig")
+    assert [p.suffix for p in result.files] == [".png", ".pdf"]
+    got = result.data.set_index(["s:step", "estimator"])
+    assert sorted(result.data["s:step"].unique()) == list(fx.RUN_PROBE_STEPS)
+    assert got.loc[(40, "grpo"), "y"] == pytest.approx(0.8) and got.loc[(0, "grpo"), "x"] == pytest.approx(0.1)
