@@ -6,7 +6,8 @@ Measures ``python -m probes.variance --run DIR --checkpoints all --estimators al
 default budget on the embedded default's checkpoints: 4 checkpoints × every preset (PPO is
 skipped: the default run records no critic). Without ``--run`` it first trains the embedded default
 (``python -m training.run hpt``, 120 steps) with a checkpoint every 30 steps, keeping 4. Target on a
-2-core machine: under 5 minutes. The baseline, measured in the same run, is the run's own training
+2-core machine: under 5 minutes. Its CPU time (user + system) is printed too: on a machine shared
+with other jobs it is the number that does not depend on the load. The baseline, measured in the same run, is the run's own training
 step (``time/step_seconds`` from its metrics): the table gives the probe's cost per checkpoint in
 training steps. The command runs in its own process (interpreter and torch start-up included, as a
 user sees it). Timings on shared CPUs are noisy: the load average is printed with the numbers.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -55,8 +57,11 @@ def main() -> None:
                "--estimators", "all", "--threads", str(args.threads)]
         load0 = os.getloadavg()[0]
         t = time.perf_counter()
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
         load1 = os.getloadavg()[0]
         rows, _ = records.read_probes(out, records.PROBE_VARIANCE)
         estimators = sorted({r["estimator"] for r in rows} - {"reference"})
@@ -64,13 +69,13 @@ def main() -> None:
         status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr.strip()[-300:]})"
         print(f"run {run} ({len(ckpts)} checkpoints), load average {load0:.1f} -> {load1:.1f} on "
               f"{os.cpu_count()} CPUs, {args.threads} threads")
-        print(f"{'what':44s} {'wall s':>9s} {'per ckpt s':>11s} {'train steps':>12s}")
-        print(f"{'one training step of the run (baseline)':44s} {step_s:9.2f} {'':>11s} {1.0:12.1f}")
+        print(f"{'what':44s} {'wall s':>9s} {'CPU s':>9s} {'per ckpt s':>11s} {'train steps':>12s}")
+        print(f"{'one training step of the run (baseline)':44s} {step_s:9.2f} {'':>9s} {'':>11s} {1.0:12.1f}")
         per = wall / max(n_ckpt, 1)
-        print(f"{f'probe: {n_ckpt} checkpoints x {len(estimators)} estimators':44s} {wall:9.1f} {per:11.1f} "
-              f"{per / step_s:12.1f}   {status}")
-        print(json.dumps({"wall_s": round(wall, 1), "checkpoints": n_ckpt, "estimators": estimators,
-                          "target_s": 300, "under_target": wall < 300}))
+        print(f"{f'probe: {n_ckpt} checkpoints x {len(estimators)} estimators':44s} {wall:9.1f} {cpu:9.1f} "
+              f"{per:11.1f} {per / step_s:12.1f}   {status}")
+        print(json.dumps({"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "checkpoints": n_ckpt,
+                          "estimators": estimators, "target_s": 300, "under_target": wall < 300}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
