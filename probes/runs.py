@@ -589,8 +589,9 @@ def plan(src: Source, o: RunOptions) -> tuple[list, int, int]:
     budget = o.budget or G
     if budget % G:
         raise ProbeInputError(f"--budget {budget} is not divisible by G={G}")
-    if o.updates < 2 or o.ref_chunks < 2 or o.ref < 2 * o.ref_chunks:
-        raise ProbeInputError("--updates and --ref-chunks must be ≥ 2 and --ref ≥ 2·--ref-chunks")
+    if o.updates < 3 or o.ref_chunks < 3 or o.ref < 2 * o.ref_chunks:
+        raise ProbeInputError(f"--updates {o.updates}, --ref-chunks {o.ref_chunks}, --ref {o.ref}: the "
+                              "jackknife needs ≥ 3 updates and ≥ 3 reference chunks, and --ref ≥ 2·--ref-chunks")
     if o.trcov not in ("updates", "groups"):
         raise ProbeInputError(f"--trcov {o.trcov!r}: valid are updates, groups")
     if o.prompts < 1 or not src.examples:

@@ -86,7 +86,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 def test_sft_mean_gradient_is_autograd_of_the_demos_mean_nll(tiny_base, tmp_path, threads):
     run_dir = make_run(tmp_path, tiny_base, "sft-exact")
     src = dataclasses.replace(runs.run_source(run_dir, "10", P=3), reward_fn=parity)  # SFT reads no reward
-    o = runs.RunOptions(estimators="sft", G=2, updates=2, prompts=3, ref=4, ref_chunks=2)
+    o = runs.RunOptions(estimators="sft", G=2, updates=3, prompts=3, ref=6, ref_chunks=3)
     res = runs.run_probe(src, o)
     (name, vals, se, m), = res["results"][0].rows
     assert name == "sft" and vals["trCov"] == pytest.approx(0.0, abs=1e-20)  # demos: deterministic
@@ -110,8 +110,8 @@ def test_sft_mean_gradient_is_autograd_of_the_demos_mean_nll(tiny_base, tmp_path
 def test_lora_run_measures_exactly_the_adapter(tiny_base, tmp_path, threads):
     run_dir = make_run(tmp_path, tiny_base, "lora", lora_r=2)
     src = dataclasses.replace(runs.run_source(run_dir, "10", P=2), reward_fn=parity)
-    res = runs.run_probe(src, runs.RunOptions(estimators="reinforce", G=2, updates=2, prompts=2, ref=4,
-                                              ref_chunks=2))
+    res = runs.run_probe(src, runs.RunOptions(estimators="reinforce", G=2, updates=3, prompts=2, ref=6,
+                                              ref_chunks=3))
     adapter = checkpoint.load_file(str(checkpoint.latest(run_dir) / "model" / "adapter_model.safetensors"))
     n_adapter = sum(t.numel() for t in adapter.values())
     full = sum(p.numel() for p in policy.load_model(tiny_base).parameters())
@@ -207,3 +207,20 @@ def test_paper_figure_reads_the_run_probe_records(tmp_path):
     got = result.data.set_index(["s:step", "estimator"])
     assert sorted(result.data["s:step"].unique()) == list(fx.RUN_PROBE_STEPS)
     assert got.loc[(40, "grpo"), "y"] == pytest.approx(0.8) and got.loc[(0, "grpo"), "x"] == pytest.approx(0.1)
+
+
+def test_any_model_and_data_file_writes_tidy_records(tiny_base, tmp_path, threads):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in task.rows(task.train_problems(5, 3), "train")))
+    src = dataclasses.replace(runs.model_source(tiny_base, str(data), P=3, max_new_tokens=12), reward_fn=parity)
+    res = runs.run_probe(src, runs.RunOptions(estimators="rloo,grpo", G=2, updates=3, prompts=3, ref=6,
+                                              ref_chunks=3, trcov="groups"))
+    out = runs.write(res, tmp_path / "out", ["--model", tiny_base])
+    rows, notes = records.read_probes(out, records.PROBE_VARIANCE)
+    assert not notes and records.read_config(out)["data"] == str(data)
+    table = {(r["estimator"], r["metric"]): r for r in rows}
+    for name in ("rloo", "grpo"):
+        assert set(runs.COLUMNS) <= {m for e, m in table if e == name}
+        assert "grads=per-group,trcov=groups" in table[(name, "trCov")]["setting"]   # both group-local
+        assert table[(name, "trCov")]["value"] > 0 and table[(name, "trCov")]["stderr"] > 0
+    assert table[("reference", "norm_ref")]["setting"].startswith(f"model={Path(tiny_base).name}")
