@@ -12,10 +12,11 @@ updates are disjoint slices of the pool: per update P prompts × R = budget/G gr
 (rollouts and/or the prompt's demonstration, as the estimator's trainer lays them out). The
 update's Batch (π_θold = π_θ: on-policy; π_ref = the run's initial model; critic values from the
 checkpoint's value head) goes through the project's estimator object, and the per-token
-coefficients d = −∂loss/∂logp are mapped to parameters one group at a time: a batched backward of
-Σ d·log π over the group's rows gives that group's gradient h (only the trainable parameters:
-for LoRA the adapter's). A group's h is the sum of its rows' per-sample gradients g_i (the
-per-sample machinery of `probes.lm` materialises those; a group at a time fits any model).
+coefficients d = −∂loss/∂logp are mapped to parameters by batched backward passes of Σ d·log π:
+one per update (``--trcov updates``, the default) or one per group (``--trcov groups``), giving
+the update's or the group's gradient h (only the trainable parameters: for LoRA the adapter's),
+the sum of its rows' per-sample gradients g_i (the per-sample machinery of `probes.lm`
+materialises those one by one; a sum per backward fits any model size).
 
 Reference gradient g* (probes-spec §1.2 method 2): the unbiased RLOO estimator over ``--ref``
 further rollouts per prompt, in K independent chunks c_k, g* = mean_k c_k, tr Cov(g*) =
@@ -30,10 +31,10 @@ Columns (per checkpoint × estimator; ĝ_u the M updates, m their mean):
                 standard error: |bias_z| < 3 means the bias is not distinguishable from the
                 reference's and the updates' noise (``bias_sig`` 0), else ``bias_sig`` 1;
                 likewise ``cos_z`` = (cos − 1)/SE and ``cos_sig``
-* ``trCov``     tr Cov of one update: from independent groups, R·Σ_x Var(h_x) over the M·R groups
-                of each prompt, when the estimator's coefficients are group-local (see
-                `moments.exact_support`); otherwise Σ_u‖ĝ_u − m‖²/(M−1) over the updates
-                (``trcov`` in the setting says which)
+* ``trCov``     tr Cov of one update: Σ_u‖ĝ_u − m‖²/(M−1) over the independent updates, or with
+                ``--trcov groups`` R·Σ_x Var(h_x) over the M·R independent groups of each prompt
+                when the estimator's coefficients are group-local (`moments.exact_support`);
+                ``trcov`` in the setting says which
 * ``SNR``       (‖m‖² − trCov/M)/trCov;  ``B_simple`` N·trCov/(‖m‖² − trCov/M) (N rows per update)
 * ``E[cos]``    mean_u cos(ĝ_u, g*);  ``clip_frac`` fraction of trained tokens whose stabilisation
                 mask is not 1 (0 on-policy: the probe evaluates at θ = θ_old)
@@ -49,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -376,7 +377,11 @@ class Measured:
     demos: int
     trcov_from: str
     clip_frac: float
-    mean: Tensor = field(default=None)
+
+    @property
+    def mean(self) -> Tensor:
+        """m = mean over the updates of ĝ_u = Σ_groups h."""
+        return self.H.sum(1).mean(0)
 
 
 class Measurer:
@@ -561,7 +566,6 @@ def metrics(meas: Measured, ref: Tensor, R: int) -> tuple[dict, dict]:
     out["cos_z"] = (out["cos"] - 1) / se["cos"] if se["cos"] > 0 else 0.0
     out["cos_sig"] = float(abs(out["cos_z"]) > 3)
     out["clip_frac"] = meas.clip_frac
-    meas.mean = meas.H.sum(1).mean(0)
     return out, se
 
 
