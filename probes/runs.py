@@ -734,6 +734,9 @@ def main_variance(args, argv: list) -> int:
     try:
         if args.run and args.model:
             raise ProbeInputError("give --run DIR or --model PATH --data FILE, not both")
+        if args.stale:
+            raise ProbeInputError(f"--stale {args.stale}: the run probe measures on-policy updates "
+                                  "(θ = θ_old at each checkpoint); stale updates are measured on the testbeds")
         if args.steps and args.checkpoints:
             raise ProbeInputError("give --steps or --checkpoints all, not both")
         if args.run:

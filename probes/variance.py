@@ -316,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget", type=int, default=None,
                     help="samples per prompt (budget/G groups); default 64 (--run/--model: G, one group per update)")
     ap.add_argument("--checkpoint", default="mid", help="base | mid")
-    ap.add_argument("--stale", default="1,4,16", help="stale steps K for the off-policy rows ('' for none)")
+    ap.add_argument("--stale", default=None,
+                    help="stale steps K for the off-policy rows ('' for none; default 1,4,16 on the tree testbed)")
     ap.add_argument("--stale-lr", type=float, default=1.0)
     ap.add_argument("--mc", type=int, default=0, help="Monte Carlo replicates for every row (+ MC-vs-exact check)")
     ap.add_argument("--seed", type=int, default=0)
@@ -365,6 +366,7 @@ def main(argv=None) -> int:
         return runs.main_variance(args, sys.argv[1:] if argv is None else list(argv))
     args.G = 8 if args.G is None else args.G
     args.budget = 64 if args.budget is None else args.budget
+    args.stale = "1,4,16" if args.stale is None else args.stale
     try:
         if args.testbed == "lm":
             from . import lm

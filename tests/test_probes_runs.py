@@ -154,6 +154,8 @@ def test_missing_step_and_model_without_data(tiny_base, tmp_path):
     assert rc == 2 and "no checkpoint of step(s) 30" in err and "available: 0, 10" in err
     rc, _, err = cli("--model", tiny_base)
     assert rc == 2 and "--model needs --data" in err
+    rc, _, err = cli("--run", str(run_dir), "--stale", "4")
+    assert rc == 2 and "--stale 4" in err and "on-policy" in err
 
 
 # --------------------------------------------------------------------- statistics (slow)
