@@ -66,6 +66,7 @@ from . import registry as Rg
 
 PROBE = records.PROBE_VARIANCE
 REFERENCE = "rloo"
+NOISY_REFERENCE = 0.5  # relative SE of g* above which the table warns
 
 
 class ProbeInputError(ValueError):
@@ -711,6 +712,10 @@ def format_table(res: dict) -> str:
         lines += ["", f"{cr.label}: {cr.D} measured parameters, p_x = [{', '.join(f'{p:.2f}' for p in cr.pass_rate)}], "
                       f"‖g*‖ = {cr.ref_norm:.4g} (relative SE {cr.ref_rel_se:.3f}), {cr.seconds:.1f} s",
                   f"{'estimator':14s}" + "".join(f"{c:>20s}" for c in cols) + "  bias?"]
+        if cr.ref_rel_se > NOISY_REFERENCE:
+            lines.insert(-1, f"warning: the reference is noise-dominated (relative SE {cr.ref_rel_se:.2f} > "
+                             f"{NOISY_REFERENCE}): scale and cos are not meaningful; raise --ref or probe "
+                             "prompts with pass rates away from 0 and 1")
         for name, vals, se, m in cr.rows:
             cells = "".join(f"{_pm(vals[c], se.get(c)):>20s}" for c in cols)
             lines.append(f"{name:14s}{cells}  {'yes' if vals['bias_sig'] else 'no'}")
