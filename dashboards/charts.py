@@ -64,8 +64,12 @@ def sweep_chart(rows: pd.DataFrame, title: str, x_title: str, log_x: bool = True
     line = base.mark_line(point=True).encode(
         y=alt.Y("value:Q", title="value", scale=alt.Scale(zero=False)),
         tooltip=["estimator", "setting", "metric", alt.Tooltip("value:Q", format=".4g")])
-    bars = base.mark_errorbar().encode(y="lo:Q", y2="hi:Q")
-    return (alt.layer(line, bars, data=rows).properties(width=260, height=220)
+    bars = base.mark_errorbar().encode(y=alt.Y("lo:Q", title="value"), y2="hi:Q")
+    last = base.transform_window(rank="rank()", sort=[alt.SortField("x", order="descending")],
+                                 groupby=["series", "metric"]).transform_filter("datum.rank == 1")
+    labels = last.mark_text(align="left", dx=6, fontSize=10).encode(
+        y=alt.Y("value:Q", title="value"), text="series:N")
+    return (alt.layer(line, bars, labels, data=rows).properties(width=260, height=220)
             .facet(column=alt.Column("metric:N"), title=title)
             .resolve_scale(y="independent"))
 
@@ -76,3 +80,23 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, color: str, title: str) -> alt.C
         x=alt.X(f"{x}:N", title=x), xOffset=f"{color}:N", y=alt.Y(f"{y}:Q", title=y),
         color=f"{color}:N", tooltip=[x, color, alt.Tooltip(f"{y}:Q", format=".4g")])
         .properties(height=HEIGHT))
+
+
+PLANE_TITLES = {"trCov": "tr Cov of one update (log)", "cos": "cos to the reference gradient",
+                "rel_bias": "relative bias ‖E ĝ − ∇J‖ / ‖∇J‖"}
+
+
+def plane_chart(points: pd.DataFrame, title: str, y: str) -> alt.Chart:
+    """The bias–variance plane: x = tr Cov of one update (symlog), y = the bias measure ``y``,
+    one point per estimator labelled with its name, 95% CI bars on both axes."""
+    base = alt.Chart(points).encode(
+        x=alt.X("x:Q", title=PLANE_TITLES.get("trCov"), scale=alt.Scale(type="symlog")),
+        y=alt.Y("y:Q", title=PLANE_TITLES.get(y, y), scale=alt.Scale(zero=False)),
+        color=alt.Color("estimator:N", title="estimator", legend=None))
+    tooltip = ["estimator", "setting", alt.Tooltip("x:Q", title="trCov", format=".4g"),
+               alt.Tooltip("y:Q", title=y, format=".4g")]
+    dots = base.mark_point(filled=True, size=60).encode(tooltip=tooltip)
+    labels = base.mark_text(align="left", dx=7, dy=-6, fontSize=11).encode(text="estimator:N")
+    xbars = base.mark_errorbar().encode(x=alt.X("x_lo:Q", title=PLANE_TITLES.get("trCov")), x2="x_hi:Q")
+    ybars = base.mark_errorbar().encode(y=alt.Y("y_lo:Q", title=PLANE_TITLES.get(y, y)), y2="y_hi:Q")
+    return alt.layer(xbars, ybars, dots, labels).properties(title=title, width=560, height=380)

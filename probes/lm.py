@@ -198,13 +198,14 @@ def estimator_rows(s: LMSetting, est) -> tuple[Tensor, Tensor, Batch, Tensor]:
     return ids, resp, b, d.float()
 
 
-def reference(s: LMSetting, n_ref: int, chunk: int = 256) -> tuple[Tensor, float]:
-    """g* = mean of RLOO updates over n_ref rollouts per prompt (unbiased for ∇J), and its
-    relative standard error ‖g₁ − g₂‖/(2‖g*‖) from two halves."""
+def reference(s: LMSetting, n_ref: int, chunk: int = 256, parts: int = 2) -> tuple[Tensor, float, Tensor]:
+    """g* = mean of RLOO updates over n_ref rollouts per prompt (unbiased for ∇J), its relative
+    standard error √(tr Cov g*)/‖g*‖ from ``parts`` independent chunks (two halves:
+    ‖g₁ − g₂‖/(2‖g*‖)), and the chunks [parts, D]."""
     rloo = estimators.get("rloo")
     halves = []
-    per = max(n_ref // 2, 2)
-    for _ in range(2):
+    per = max(n_ref // parts, 2)
+    for _ in range(parts):
         st = LMSetting(s.model, s.pairs, min(per, chunk), s.gen)
         acc, n = None, 0
         while n < per:
@@ -213,8 +214,10 @@ def reference(s: LMSetting, n_ref: int, chunk: int = 256) -> tuple[Tensor, float
             acc = g if acc is None else acc + g
             n += st.G
         halves.append(acc * st.G / n)
-    g = (halves[0] + halves[1]) / 2
-    return g, float((halves[0] - halves[1]).norm() / 2 / g.norm())
+    chunks = torch.stack(halves)
+    g = chunks.mean(0)
+    tr = float(((chunks - g) ** 2).sum()) / (parts - 1) / parts
+    return g, math.sqrt(tr) / float(g.norm()), chunks
 
 
 def lm_metrics(groups: list, g_ref: Tensor, G: int, N: int) -> dict:
@@ -238,6 +241,21 @@ def lm_metrics(groups: list, g_ref: Tensor, G: int, N: int) -> dict:
             "E[cos]": float(cos_u.mean()), "E[cos]_se": se(cos_u)}
 
 
+def noise_aware(name: str, est, grps: list, chunks: Tensor, N: int, b: Batch) -> dict:
+    """The run probe's noise-aware columns (`probes.runs.metrics`): scale and cos with the
+    reference's noise removed and jackknife SEs over updates and reference chunks, and whether
+    the bias / direction error is distinguishable from that noise."""
+    from . import runs
+    from .moments import exact_support
+    meas = runs.Measured(name, torch.stack(grps), N, int(b.is_demo.sum()),
+                         "groups" if exact_support(est)[0] else "updates", 0.0)
+    vals, se = runs.metrics(meas, chunks, R=1)
+    out = {f"{k}_ref": vals[k] for k in ("scale", "cos", "rel_bias")}
+    out.update({f"{k}_ref_se": se[k] for k in ("scale", "cos", "rel_bias")})
+    out.update({k: vals[k] for k in ("bias_z", "bias_sig", "cos_z", "cos_sig")})
+    return out
+
+
 def run_lm(names: str, G: int, updates: int, n_ref: int, steps: int, seed: int, log=print) -> dict:
     probes = [p for p in Rg.select(names, ()) if not p.stale]
     t0 = time.time()
@@ -249,7 +267,7 @@ def run_lm(names: str, G: int, updates: int, n_ref: int, steps: int, seed: int, 
     with torch.no_grad():
         p = rewards([q for q in pairs for _ in range(64)],
                     sample(model, encode_prompts(pairs), 64, gen)).view(len(pairs), 64).mean(-1)
-    g_ref, ref_se = reference(s, n_ref)
+    g_ref, ref_se, chunks = reference(s, n_ref, parts=8)
     log(f"reference g*: ‖g*‖={float(g_ref.norm()):.4e}, relative SE {ref_se:.3f} ({time.time() - t0:.1f} s)")
     rows = []
     for probe in probes:
@@ -266,7 +284,8 @@ def run_lm(names: str, G: int, updates: int, n_ref: int, steps: int, seed: int, 
             grps.append(torch.stack([gi[b.group == k].sum(0) for k in range(len(pairs))]))
         N = max(int(b.rollouts.sum()), int(b.is_demo.sum()))
         row = {"estimator": probe.name, "G": G, "N": int(b.rollouts.sum()), "demos": int(b.is_demo.sum()),
-               "exact": f"MC({updates})", **lm_metrics(grps, g_ref, G, N), "seconds": time.time() - t}
+               "exact": f"MC({updates})", **lm_metrics(grps, g_ref, G, N), **noise_aware(probe.name, est, grps, chunks, N, b),
+               "seconds": time.time() - t}
         rows.append(row)
         log(f"  {probe.name}: {row['seconds']:.1f} s")
     return {"header": {"testbed": "lm", "params": int(sum(v.numel() for v in trainable(model).values())),

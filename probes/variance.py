@@ -315,11 +315,13 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m probes.variance", description=__doc__.split("\n\n")[0])
     ap.add_argument("--estimators", default="all", help="'all' or comma-separated names")
     ap.add_argument("--testbed", choices=("tree", "lm"), default="tree")
-    ap.add_argument("--G", type=int, default=8, help="group size")
+    ap.add_argument("--G", type=int, default=None, help="group size (default 8; --run: the run's n)")
     ap.add_argument("--sweep-G", action="store_true", help=f"G in {SWEEP_G} at a fixed --budget")
-    ap.add_argument("--budget", type=int, default=64, help="samples per prompt (budget/G groups)")
+    ap.add_argument("--budget", type=int, default=None,
+                    help="samples per prompt (budget/G groups); default 64 (--run/--model: G, one group per update)")
     ap.add_argument("--checkpoint", default="mid", help="base | mid")
-    ap.add_argument("--stale", default="1,4,16", help="stale steps K for the off-policy rows ('' for none)")
+    ap.add_argument("--stale", default=None,
+                    help="stale steps K for the off-policy rows ('' for none; default 1,4,16 on the tree testbed)")
     ap.add_argument("--stale-lr", type=float, default=1.0)
     ap.add_argument("--mc", type=int, default=0, help="Monte Carlo replicates for every row (+ MC-vs-exact check)")
     ap.add_argument("--seed", type=int, default=0)
@@ -334,6 +336,22 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--lm-steps", type=int, default=60, help="(lm) pre-training steps of the tiny LM")
     ap.add_argument("--lm-ref", type=int, default=2048, help="(lm) rollouts per prompt for the reference gradient")
+    run = ap.add_argument_group("a run's checkpoints, or any HF causal LM (probes/runs.py)")
+    run.add_argument("--run", default=None, help="run directory: measure its checkpoints")
+    run.add_argument("--steps", default=None, help="(--run) checkpoint steps, e.g. 0,40 (0 = the initial model)")
+    run.add_argument("--checkpoints", default=None, choices=("all",), help="(--run) every checkpoint (the default)")
+    run.add_argument("--model", default=None, help="local HF causal LM directory (with --data)")
+    run.add_argument("--data", default=None, help="(--model) prompts in the training-data format")
+    run.add_argument("--prompts", type=int, default=8, help="(--run/--model) probe prompts P")
+    run.add_argument("--updates", type=int, default=8, help="(--run/--model) independent updates M per estimator")
+    run.add_argument("--ref", type=int, default=128, help="(--run/--model) rollouts per prompt for the reference")
+    run.add_argument("--ref-chunks", type=int, default=8, help="(--run/--model) independent chunks of the reference")
+    run.add_argument("--trcov", default="updates", choices=("updates", "groups"),
+                     help="(--run/--model) tr Cov across independent updates (one backward per update), or "
+                          "across independent groups (one backward per group; group-local estimators)")
+    run.add_argument("--micro-batch", type=int, default=64, help="(--run/--model) rows per forward/backward")
+    run.add_argument("--temperature", type=float, default=1.0, help="(--model) sampling temperature")
+    run.add_argument("--max-new-tokens", type=int, default=48, help="(--model) response length")
     return ap
 
 
@@ -347,6 +365,12 @@ def _parse_stale(s: str) -> tuple:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.run or args.model:
+        from . import runs
+        return runs.main_variance(args, sys.argv[1:] if argv is None else list(argv))
+    args.G = 8 if args.G is None else args.G
+    args.budget = 64 if args.budget is None else args.budget
+    args.stale = "1,4,16" if args.stale is None else args.stale
     try:
         if args.testbed == "lm":
             from . import lm

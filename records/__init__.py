@@ -27,7 +27,10 @@ Layout of one run directory::
       samples.jsonl      one row per generated sample (see SAMPLE_FIELDS)
       eval/scores.jsonl  tidy evaluation rows (see EVAL_FIELDS)
       eval/<benchmark>.jsonl   per-benchmark generations (free-form rows)
-      probes/<probe>.jsonl     tidy probe rows (see PROBE_FIELDS)
+      probes/<probe>.jsonl     tidy probe rows (see PROBE_FIELDS); ``probes/variance.jsonl``
+                         (PROBE_VARIANCE): estimator bias / variance, on a testbed, or on a
+                         training run's checkpoints (``python -m probes.variance --run``;
+                         settings ``step=N,G=..``, one row per checkpoint × estimator × metric)
       checkpoints/       model checkpoints in the ecosystem's own formats
       status.json        {"state": "running"|"finished"|"failed", "step": int, "message": str,
                           "time": float, "pid": int, "host": str, "heartbeat": float}
@@ -103,6 +106,7 @@ STATUS = "status.json"
 EVAL_DIR = "eval"
 EVAL_SCORES = "eval/scores.jsonl"
 PROBES_DIR = "probes"
+PROBE_VARIANCE = "variance"  # probes/variance.jsonl: bias / variance of the estimators
 CHECKPOINTS = "checkpoints"
 
 # Metric names (see the module docstring for their meaning).

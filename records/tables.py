@@ -377,3 +377,43 @@ def staleness_key(probes: pd.DataFrame) -> str | None:
         if f"s:{key}" in probes.columns:
             return key
     return None
+
+
+PLANE_X = "trCov"
+
+
+def plane(probes: pd.DataFrame, y: str, x: str = PLANE_X) -> pd.DataFrame:
+    """The bias–variance plane: one row per (run, estimator, setting) that has both metrics,
+    with ``x`` (tr Cov of one update) and ``y`` (a bias measure: cos, rel_bias) and their 95% CIs
+    from ``stderr`` (x_lo/x_hi, y_lo/y_hi; no CI where the stderr is NaN, e.g. exact moments),
+    and the setting columns (``s:step`` for a run's checkpoints, ``s:G``, ...)."""
+    cols = ["run", "estimator", "setting", "x", "x_lo", "x_hi", "y", "y_lo", "y_hi"]
+    if probes.empty:
+        return pd.DataFrame(columns=cols)
+    rows = probes[probes["metric"].isin((x, y))].copy()
+    rows["stderr"] = pd.to_numeric(rows.get("stderr"), errors="coerce") if "stderr" in rows else float("nan")
+    keys = ["run", "estimator", "setting"]
+    value = rows.pivot_table(index=keys, columns="metric", values="value", aggfunc="last")
+    se = rows.pivot_table(index=keys, columns="metric", values="stderr", aggfunc="last", dropna=False)
+    if x not in value.columns or y not in value.columns:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame({"x": value[x], "y": value[y]}).dropna()
+    for axis, metric in (("x", x), ("y", y)):
+        s = (se[metric] if metric in se.columns else pd.Series(float("nan"), index=se.index))
+        s = s.reindex(out.index).fillna(0.0)
+        out[f"{axis}_lo"], out[f"{axis}_hi"] = out[axis] - 1.96 * s, out[axis] + 1.96 * s
+    out = out.reset_index()
+    settings = rows.drop_duplicates(keys).set_index(keys)
+    extra = [c for c in settings.columns if c.startswith("s:")]
+    out = out.join(settings[extra], on=keys)
+    return out[cols + extra].reset_index(drop=True)
+
+
+def plane_settings(points: pd.DataFrame, skip: Sequence[str] = ()) -> list[str]:
+    """Setting columns that take several values for the same estimator (G, checkpoint, ...):
+    the plane must hold each fixed to show one point per estimator."""
+    if points.empty:
+        return []
+    others = [c for c in points.columns if c.startswith("s:") and c not in skip]
+    return sorted(c for c in others
+                  if points.groupby(["run", "estimator"], dropna=False)[c].nunique(dropna=True).max() > 1)

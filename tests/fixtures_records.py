@@ -307,3 +307,27 @@ def write_bad_runs(root: Path) -> dict[str, str]:
                             for g in (4, 8)]                        # no stderr at all
                 + [dict(estimator="grpo", setting="G=16", metric="cos", value="n/a")])
     return BAD_RUNS
+
+
+RUN_PROBE_STEPS = (0, 40)
+
+
+def run_probe_rows(step: int) -> list[dict]:
+    """Rows as ``python -m probes.variance --run`` writes them for one checkpoint (per-update
+    Monte Carlo: every value has a stderr)."""
+    shift = step / 400
+    points = {"reinforce": (1.0, 0.40), "rloo": (1.0, 0.25), "dr_grpo": (7 / 8, 0.20),
+              "grpo": (0.9 - shift, 0.10), "sft": (0.3 + shift, 0.0)}
+    out = []
+    for est, (cos, tr) in points.items():
+        setting = f"step={step},G=8,N=64,demos=0,budget=8,updates=8,grads=per-group,trcov=groups,ref=rloo(128)"
+        for metric, value, se in (("cos", cos, 0.02), ("trCov", tr, 0.01), ("rel_bias", 1 - cos, 0.02),
+                                  ("scale", cos, 0.03)):
+            out.append(dict(probe="variance", estimator=est, setting=setting, metric=metric, value=value,
+                            stderr=se))
+    return out
+
+
+def write_run_probe(run_dir: Path) -> None:
+    """Probe records of a training run's checkpoints (steps `RUN_PROBE_STEPS`)."""
+    records.RunWriter(run_dir).log_probe("variance", [r for s in RUN_PROBE_STEPS for r in run_probe_rows(s)])

@@ -280,3 +280,31 @@ def test_every_page_renders_around_bad_runs(tmp_path, monkeypatch):
             "is missing") in notes["Exploration"]
     assert (f"malformed-eval/probes/{fx.BAD_PROBE}.jsonl: line 3: field 'value' is not a number "
             "(got 'n/a')") in notes["Estimators"]
+
+
+def test_estimators_page_bias_variance_plane_of_a_runs_checkpoints(tmp_path, monkeypatch):
+    run = fx.write_run(tmp_path, fx.RunSpec("hpt-s0", "hpt", steps=4, eval_every=2))
+    fx.write_run_probe(run)
+    at = open_app(tmp_path, monkeypatch, "Estimators")
+    planes = {t: v for t, v in charts(at).items() if t.startswith("Bias–variance plane")}
+    (title, (spec, data)), = planes.items()
+    assert "step 40" in title                     # the slider starts at the last checkpoint
+    assert sorted(data["estimator"].unique()) == ["dr_grpo", "grpo", "reinforce", "rloo", "sft"]
+    assert set(data["s:step"]) == {40}
+    marks = [layer["mark"]["type"] if isinstance(layer["mark"], dict) else layer["mark"]
+             for layer in spec["layer"]]
+    text = [layer for layer, m in zip(spec["layer"], marks) if m == "text"]
+    assert text and text[0]["encoding"]["text"]["field"] == "estimator"   # labelled by name
+    axes = {layer["encoding"][a]["title"] for layer in spec["layer"] for a in ("x", "y")
+            if a in layer["encoding"] and "title" in layer["encoding"][a]}
+    assert axes == {"tr Cov of one update (log)", "cos to the reference gradient"}
+    grpo = data[data["estimator"] == "grpo"].iloc[0]
+    assert (grpo["x"], grpo["y"]) == pytest.approx((0.10, 0.9 - 0.1))
+    assert grpo["y_lo"] == pytest.approx(0.8 - 1.96 * 0.02)
+    at.select_slider(key="est_plane_step").set_value(0).run()
+    (title, (_, data)), = [(t, v) for t, v in charts(at).items() if t.startswith("Bias–variance plane")]
+    assert "step 0" in title and set(data["s:step"]) == {0}
+    assert data.set_index("estimator").loc["grpo", "y"] == pytest.approx(0.9)
+    at.radio(key="est_plane_y").set_value("rel_bias").run()
+    (_, (spec, data)), = [(t, v) for t, v in charts(at).items() if t.startswith("Bias–variance plane")]
+    assert data.set_index("estimator").loc["dr_grpo", "y"] == pytest.approx(1 / 8)

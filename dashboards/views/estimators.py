@@ -9,6 +9,7 @@ from dashboards.state import Context
 from records import tables
 
 VARIANCE_METRICS = ("cos", "trCov", "SNR")
+PLANE_Y = ("cos", "rel_bias")  # bias measures the plane can show against tr Cov
 BIAS_METRICS = ("rel_bias", "cos", "dir_err", "scale")
 
 
@@ -36,6 +37,7 @@ def render(ctx: Context) -> None:
     st.subheader("Probe table")
     st.caption("Click a column header to sort.")
     st.dataframe(tables.probe_table(rows), hide_index=True)
+    plane_section(rows)
     stale = tables.staleness_key(rows)
     fresh = rows[rows[f"s:{stale}"].isna()] if stale else rows
     g_rows = tables.sweep(fix_other_settings(fresh, "G", "est_g"), "G", VARIANCE_METRICS)
@@ -48,3 +50,25 @@ def render(ctx: Context) -> None:
         if not s_rows.empty:
             st.altair_chart(charts.sweep_chart(s_rows, f"Bias vs staleness ({stale})",
                                                f"staleness {stale}"), key="chart_vs_stale")
+
+
+def plane_section(rows: pd.DataFrame) -> None:
+    """Bias–variance plane: one labelled point per estimator; a slider over a run's checkpoints
+    (``step``); every other setting that varies (G, testbed checkpoint) held at a chosen value."""
+    y = st.radio("Bias measure", PLANE_Y, horizontal=True, key="est_plane_y")
+    points = tables.plane(rows, y)
+    if points.empty:
+        return
+    st.subheader("Bias–variance plane")
+    where = ""
+    if "s:step" in points.columns and points["s:step"].notna().any():
+        steps = sorted(points["s:step"].dropna().unique())
+        step = (st.select_slider("Checkpoint (training step)", steps, value=steps[-1], key="est_plane_step")
+                if len(steps) > 1 else steps[0])
+        points, where = points[points["s:step"] == step], f" at step {step:g}"
+    for col in tables.plane_settings(points, skip=("s:step",)):
+        values = sorted(points[col].dropna().unique(), key=str)
+        choice = st.selectbox(f"{col[2:]} (for the plane)", values, key=f"est_plane_{col}")
+        points = points[points[col] == choice]
+        where += f", {col[2:]}={choice}"
+    st.altair_chart(charts.plane_chart(points, f"Bias–variance plane{where}", y), key="chart_plane")
