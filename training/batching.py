@@ -184,6 +184,16 @@ def chunks(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [idx[i:i + size] for i in range(0, len(idx), size)] if len(idx) else []
 
 
+def source_chunks(idx: torch.Tensor, size: int, is_demo: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    """``idx`` in chunks of ``size`` rows; with ``is_demo`` [B], the rollout rows' chunks then the
+    demonstration rows': no chunk mixes the two, so the update splits exactly into their parts
+    (``training.diagnostics``). The gradient is a sum over rows: any partition gives it."""
+    if is_demo is None:
+        return chunks(idx, size)
+    demo = is_demo[idx].cpu()
+    return chunks(idx[~demo], size) + chunks(idx[demo], size)
+
+
 # ------------------------------------------------------------------ the step's values
 
 @dataclass
