@@ -13,6 +13,7 @@ this package and nothing else of the project.
 ``records.checks``          field-type tables of the record rows; reading a jsonl file into a
                             frame, malformed rows skipped with a note
 ``records.summary``         one row per run: method, model, final accuracy, wall time
+``records.gradients``       the live gradient diagnostics as tables: noise curves, prompt weights
 ==========================  ==============================================================
 
 Nothing here imports torch.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 
 import pytest
@@ -14,6 +15,7 @@ import estimators
 import records
 from estimators import Batch, Estimator, Hybrid, parts as Pt
 from probes.moments import group_weight
+from records import gradients
 from training import base, data, diagnostics, run, task
 from training.batching import Row, Rollouts, StepMetrics, _select_packed
 from training.distributed import SingleProcess
@@ -216,3 +218,80 @@ def test_training_run_logs_every_kth_step(model_dir, tmp_path):
     assert records.GRAD_SNR not in rows[1] and records.GRAD_SNR in rows[2]
     assert any(k.startswith(records.GRAD_W_EXACT) for k in rows[2])
     assert math.isfinite(rows[2][records.GRAD_NOISE_TRCOV])
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+def write_diagnostics_run(root, name="hpt-diag", steps=6, N=16):
+    """A run whose metrics rows carry the diagnostics (values chosen, not trained)."""
+    w = records.RunWriter(root / name)
+    w.write_config({"preset": "hpt", "config": {"preset": "hpt"}})
+    rows = {}
+    for s in range(1, steps + 1):
+        mean_sq, trcov = 0.5 + 0.1 * s, 2.0 + 0.3 * (s % 3)
+        row = {records.ROLLOUT_ACCURACY: 0.2 + 0.05 * s, records.TRAIN_ENTROPY: 1.0 - 0.05 * s,
+               records.GRAD_MEAN_SQ: mean_sq, records.GRAD_NOISE_TRCOV: trcov,
+               records.GRAD_SNR: mean_sq / trcov, records.GRAD_NOISE_SCALE: N * trcov / mean_sq,
+               records.GRAD_COS_SFT_RL: -0.2 + 0.05 * s, records.GRAD_NORM_SFT: 1.0,
+               records.GRAD_NORM_RL: 0.5}
+        for level, p in (("1", 0.8), ("5", 0.1 + 0.01 * s)):
+            row[records.grad_pass_rate_key(level)] = p
+            row[records.grad_w_exact_key(level)] = 1.0 / math.sqrt(p * (1 - p))
+            row[records.grad_w_empirical_key(level)] = 1.1 / math.sqrt(p * (1 - p))
+        w.log_metrics(s, row)
+        rows[s] = row
+    return rows
+
+
+def test_training_page_shows_the_diagnostics_beside_accuracy_and_entropy(tmp_path, monkeypatch):
+    from test_dashboard import charts, open_app, select_runs
+
+    rows = write_diagnostics_run(tmp_path)
+    at = select_runs(open_app(tmp_path, monkeypatch, "Training"), ["hpt-diag"])
+    shown = charts(at)
+    _, snr = shown["Gradient SNR"]
+    want = {s: r[records.GRAD_MEAN_SQ] / r[records.GRAD_NOISE_TRCOV] for s, r in rows.items()}
+    assert snr.set_index("step")["value"].to_dict() == pytest.approx(want)
+    _, b = shown["Gradient noise scale"]
+    assert b.set_index("step")["value"].to_dict() == pytest.approx(
+        {s: r[records.GRAD_NOISE_SCALE] for s, r in rows.items()})
+    _, cos = shown["SFT vs RL: cosine of their update parts"]
+    assert cos.set_index("step")["value"].to_dict() == pytest.approx(
+        {s: r[records.GRAD_COS_SFT_RL] for s, r in rows.items()})
+    _, norms = shown["SFT vs RL: norms of their update parts"]
+    assert set(norms["metric"]) == {records.GRAD_NORM_SFT, records.GRAD_NORM_RL}
+    # beside accuracy and entropy: one row of two columns
+    left, right = at.columns[0], at.columns[1]
+    titles = lambda col: [json.loads(c.proto.spec)["title"] for c in col.get("vega_lite_chart")]  # noqa: E731
+    assert [t if isinstance(t, str) else t["text"] for t in titles(left)] == ["Rollout accuracy", "Entropy"]
+    assert [t if isinstance(t, str) else t["text"] for t in titles(right)] == ["Gradient SNR", "Gradient noise scale"]
+    # w(p): one realised and one exact point per level, the means over the steps
+    (spec, w), = [v for t, v in shown.items() if t.startswith("Prompt weight w(p)")]
+    w = w.set_index(["level", "kind"])
+    p5 = sum(r[records.grad_pass_rate_key("5")] for r in rows.values()) / len(rows)
+    assert w.loc[("5", gradients.EXACT), "p"] == pytest.approx(p5)
+    assert w.loc[("5", gradients.EMPIRICAL), "w"] == pytest.approx(
+        sum(r[records.grad_w_empirical_key("5")] for r in rows.values()) / len(rows))
+    assert w.loc[("1", gradients.EXACT), "w"] == pytest.approx(1 / math.sqrt(0.16))
+    text = json.dumps(spec, ensure_ascii=False)
+    assert "pass rate p" in text and "weight w of ∇p" in text
+    # smoothing averages numerator and denominator before the ratio (McCandlish App. A.1)
+    at.slider(key="train_smooth").set_value(3).run()
+    _, snr3 = charts(at)["Gradient SNR"]
+    m2 = [rows[s][records.GRAD_MEAN_SQ] for s in (4, 5, 6)]
+    tr = [rows[s][records.GRAD_NOISE_TRCOV] for s in (4, 5, 6)]
+    assert snr3.set_index("step")["value"][6] == pytest.approx(sum(m2) / sum(tr))
+    at.slider(key="train_w_steps").set_value((5, 6)).run()
+    (_, w56), = [v for t, v in charts(at).items() if t.startswith("Prompt weight w(p)")]
+    assert set(w56["steps"]) == {2}
+
+
+def test_training_page_says_when_no_diagnostics_were_logged(tmp_path, monkeypatch):
+    from test_dashboard import open_app, select_runs
+
+    w = records.RunWriter(tmp_path / "old")
+    w.write_config({"preset": "grpo"})
+    w.log_metrics(1, {records.ROLLOUT_ACCURACY: 0.3})
+    at = select_runs(open_app(tmp_path, monkeypatch, "Training"), ["old"])
+    captions = " ".join(c.value for c in at.caption)
+    assert "Gradient SNR: not logged" in captions and "Prompt weights w(p): not logged" in captions
