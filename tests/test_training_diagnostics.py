@@ -22,6 +22,8 @@ from training.distributed import SingleProcess
 from training.policy import pack, score
 
 torch.set_num_threads(1)
+# the tests' optimizer records the gradient instead of stepping (the scheduler notices)
+pytestmark = pytest.mark.filterwarnings("ignore:Seems like `optimizer.step")
 TINY = base.BaseConfig(hidden_size=16, layers=1, heads=2, kv_heads=2, intermediate_size=16,
                        pretrain_steps=1, pretrain_batch=2)
 
@@ -295,3 +297,45 @@ def test_training_page_says_when_no_diagnostics_were_logged(tmp_path, monkeypatc
     at = select_runs(open_app(tmp_path, monkeypatch, "Training"), ["old"])
     captions = " ".join(c.value for c in at.caption)
     assert "Gradient SNR: not logged" in captions and "Prompt weights w(p): not logged" in captions
+
+
+def stratum_trcov(units) -> float:
+    """N_s·tr Σ_s of one source from its micro-batch gradients (the moment equations, solved)."""
+    n = [k for k, _ in units]
+    g = sum(gk for _, gk in units)
+    A = sum(float(gk.pow(2).sum()) / k for k, gk in units)
+    N, K = float(sum(n)), len(units)
+    _, tr1 = torch.linalg.solve(torch.tensor([[N, K], [N * N, N]], dtype=torch.float64),
+                                torch.tensor([A, float(g.pow(2).sum())], dtype=torch.float64)).tolist()
+    return N * tr1
+
+
+def test_hybrid_noise_is_stratified_by_source(model_dir, tmp_path):
+    """HPT with demonstrations and rollouts: each source's covariance from its own micro-batches
+    (the demonstrations take two even though they fit in one), ‖E g‖² = ‖g‖² − tr Cov."""
+    t = trainer(model_dir, tmp_path, "hpt", "--micro-batch", "6", "--gate-gamma", "1")
+    stage = t.stages[0]
+    rollouts = t.collect(stage, 1)
+    m = t.update(stage, rollouts, 1)
+    rows = rollouts.rows
+    packed = pack([r.prompt_ids for r in rows], [r.response_ids for r in rows], t.tok.pad_token_id)
+    sm = StepMetrics()
+    sb = t.old_batch(stage, rollouts, packed, t.one_pass(stage, 1, rollouts), sm)
+    mini = t.mini_batch(stage, sb, torch.arange(len(rows)), sm)
+    passes = t.backend.micro_batches(mini.trained, t.cfg.micro_batch, mini.batch.is_demo)
+    units = {False: [], True: []}
+    for micro, demo in zip(passes, passes.demo):
+        assert bool(mini.batch.is_demo[micro].all()) == demo and bool(mini.batch.is_demo[micro].any()) == demo
+        s = score(t.model, _select_packed(mini.packed, micro), temperature=t.cfg.temperature)
+        g = torch.autograd.grad(t.micro_loss(mini, micro, s, sm), t.params, allow_unused=True)
+        units[demo].append((len(micro), flat([torch.zeros_like(p) if x is None else x for x, p in zip(g, t.params)])))
+    assert len(units[True]) >= 2 and len(units[False]) >= 2, "both sources present, each split"
+    g = sum(gk for u in units.values() for _, gk in u)
+    trcov = stratum_trcov(units[False]) + stratum_trcov(units[True])
+    mean_sq = float(g.pow(2).sum()) - trcov
+    N = sum(k for u in units.values() for k, _ in u)
+    assert m[records.GRAD_NOISE_TRCOV] == pytest.approx(trcov, rel=1e-6)
+    assert m[records.GRAD_SNR] == pytest.approx(mean_sq / trcov, rel=1e-6)
+    assert m[records.GRAD_NOISE_SCALE] == pytest.approx(N * trcov / mean_sq, rel=1e-6)
+    sft = sum(gk for _, gk in units[True])
+    assert m[records.GRAD_NORM_SFT] == pytest.approx(float(sft.norm()), rel=1e-6)

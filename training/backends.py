@@ -48,7 +48,7 @@ class Replicated:
 
     def micro_batches(self, idx: torch.Tensor, size: int, is_demo=None) -> list:
         """``idx`` in chunks of ``size`` rows (with ``is_demo``: rollouts and demonstrations in
-        separate chunks, `batching.source_chunks`)."""
+        separate chunks, `batching.source_chunks`), as `batching.Passes`."""
         return batching.source_chunks(idx, size, is_demo)
 
     def full_state(self, model, optimizer, critic_head):
@@ -79,8 +79,7 @@ class Sharded(Replicated):
     per_pass = True  # FSDP reduce-scatters every pass: its gradient is every rank's already
 
     def micro_batches(self, idx: torch.Tensor, size: int, is_demo=None) -> list:
-        parts = batching.source_chunks(idx, size, is_demo)
-        return parts + [None] * (self.dist.largest(len(parts)) - len(parts))
+        return batching.source_chunks(idx, size, is_demo, pad=self.dist.largest)
 
     def full_state(self, model, optimizer, critic_head):
         # every rank takes part in gathering the full state; rank 0 writes it

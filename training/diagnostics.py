@@ -19,13 +19,17 @@ with A = Σ_k ‖g_k‖²/n_k
 
     tr Σ  = (N·A − ‖g‖²) / (N(K − 1)),      ‖μ‖² = (A − K·tr Σ) / N          (unbiased)
 
-and for one update tr Cov(g) = N tr Σ (``grad/noise_trcov``), ‖E g‖² = N²‖μ‖² (``grad/mean_sq``),
-SNR = ‖E g‖²/tr Cov(g) (``grad/snr``) and B_simple = N·tr Cov(g)/‖E g‖² = tr Σ/‖μ‖² in rows
-(``grad/noise_scale``) — the probes' definitions (`probes.moments.metrics`). With equal n_k these
-are McCandlish's two-batch estimators with B_small = N/K and B_big = N. A micro-batch is the unit:
-groups split across micro-batches and batch-wide normalisers make units slightly dependent, and
-the two estimates are noisy with few micro-batches (McCandlish average each over steps before the
-ratio; the dashboard's smoothing does). Needs K ≥ 2.
+and for one update tr Cov(g) = N tr Σ (``grad/noise_trcov``), ‖E g‖² = ‖g‖² − tr Cov(g) = N²‖μ‖²
+(``grad/mean_sq``), SNR = ‖E g‖²/tr Cov(g) (``grad/snr``) and B_simple = N·tr Cov(g)/‖E g‖² =
+tr Σ/‖μ‖² in rows (``grad/noise_scale``) — the probes' definitions (`probes.moments.metrics`).
+With equal n_k these are McCandlish's two-batch estimators with B_small = N/K and B_big = N.
+Demonstration and rollout rows are not alike (a hybrid's two parts), so each source is its own
+stratum: tr Cov(g) = Σ_s N_s tr Σ_s, each from its own micro-batches and its own part g_s of g
+(a source with two rows or more always takes two micro-batches or more:
+`training.batching.source_chunks`). A micro-batch is the unit: groups split across micro-batches
+and batch-wide normalisers make units slightly dependent, and the per-step estimates are noisy
+(McCandlish average ‖E g‖² and tr Cov over steps before the ratio; the dashboard's smoothing
+does).
 
 **SFT vs RL** (steps that train demonstrations and rollouts: hpt, luffy, srft...). Micro-batches
 never mix demonstration and rollout rows (`training.backends.Replicated.micro_batches`), so the
@@ -102,9 +106,9 @@ class StepDiagnostics:
     advantage: object
     sq: list = field(default_factory=list)       # ‖g_k‖² (this rank's part) per micro-batch
     rows: list = field(default_factory=list)     # n_k per micro-batch
+    demo: list = field(default_factory=list)     # whether micro-batch k holds demonstrations
     params: list = field(default_factory=list)   # measured parameters
     sft: list | None = None                      # Σ g_k of demonstration micro-batches
-    roll: bool = False                           # a rollout micro-batch was seen
     done: bool = False                           # the first optimizer step is measured
     out: dict = field(default_factory=dict)
     w: dict = field(default_factory=dict)        # level -> [Σ Â correct, n correct, Σ Â wrong, n wrong]
@@ -156,7 +160,7 @@ class StepDiagnostics:
                     p.grad = acc.add_(g)   # as autograd accumulates: acc + g_k
             self.sq.append(float(sq))
             self.rows.append(rows)
-            self.roll = self.roll or (rows > 0 and not demo)
+            self.demo.append(demo)
 
     def start(self, params: list, per_pass: bool) -> None:
         """Measure ``params`` in the next optimizer step (with ``per_pass``, FSDP: only the
@@ -165,40 +169,45 @@ class StepDiagnostics:
             self.params = [p for p in params if is_sharded(p) or not per_pass]
 
     def gradient(self, params: list, dist, per_pass: bool) -> None:
-        """After the gradient g is summed over ranks (before clipping): the noise estimates and
-        the SFT/RL split of the first optimizer step. A collective on every rank."""
+        """After the gradient g is summed over ranks (before clipping): the SFT/RL split and the
+        noise estimates of the first optimizer step. A collective on every rank."""
         if self.done or not self.params:
             return
         self.done = True
         reduce_ = dist.sum_tensor if per_pass else (lambda t: t)
         sq = torch.tensor(self.sq, dtype=torch.float64)
         n = torch.tensor(self.rows, dtype=torch.float64)
-        if per_pass:  # FSDP: pass k of every rank is one unit, its gradient sharded
+        demo = torch.tensor(self.demo, dtype=torch.bool)
+        if per_pass:  # FSDP: pass k of every rank is one unit (one source), its gradient sharded
             sq, n = dist.sum_tensor(sq), dist.sum_tensor(n)
-            units = n > 0
-            A, N, K = float((sq[units] / n[units]).sum()), float(n.sum()), float(units.sum())
-        else:
-            units = n > 0
-            A, N, K = dist.sum_tensor(torch.stack(
-                [(sq[units] / n[units]).sum(), n.sum(), units.sum().double()])).tolist()
-        g2 = float(reduce_(sum(_dot(p.grad, p.grad).cpu() for p in self.params if p.grad is not None)
-                           + torch.zeros((), dtype=torch.float64)))
-        if K >= 2:
-            tr1 = (N * A - g2) / (N * (K - 1))
-            mu2 = (A - K * tr1) / N
-            trcov, mean_sq = N * tr1, N * N * mu2
-            self.out.update({records.GRAD_NOISE_TRCOV: trcov, records.GRAD_MEAN_SQ: mean_sq,
-                             records.GRAD_SNR: mean_sq / trcov if trcov > 0 else math.inf,
-                             records.GRAD_NOISE_SCALE: tr1 / mu2 if mu2 != 0 else math.inf})
-        # every rank takes the same branch: demonstrations and rollouts anywhere in the update
-        if dist.total(float(self.sft is not None)) > 0 and dist.total(float(self.roll)) > 0:
-            self._split(dist, reduce_, per_pass)
+        stats = torch.stack([torch.stack([(sq[u] / n[u]).sum(), n[u].sum(), u.sum().double()])
+                             for u in ((n > 0) & ~demo, (n > 0) & demo)])  # [rollouts, demos] x [A, N, K]
+        if not per_pass:  # each rank's units are its own: sum the sums
+            stats = dist.sum_tensor(stats)
+        g2 = float(reduce_(sum((_dot(p.grad, p.grad).cpu() for p in self.params if p.grad is not None),
+                               torch.zeros((), dtype=torch.float64))))
+        strata = [(A, N, K, g2) for A, N, K in stats.tolist() if N > 0]
+        if len(strata) == 2:  # demonstrations and rollouts: ‖g_rl‖², ‖g_sft‖² from the split
+            ss, rr = self._split(dist, reduce_, per_pass)
+            strata = [strata[0][:3] + (rr,), strata[1][:3] + (ss,)]
         self.sft = None
+        if strata and all(K >= 2 for _, _, K, _ in strata):
+            self._noise(strata, g2)
 
-    def _split(self, dist, reduce_, per_pass: bool) -> None:
-        """‖g_sft‖, ‖g_rl‖ and their cosine, g_rl = g − g_sft."""
+    def _noise(self, strata: list, g2: float) -> None:
+        """tr Cov g = Σ over sources of N_s·tr Σ_s, each from its own units (the module
+        docstring's equations per source); ‖E g‖² = ‖g‖² − tr Cov g."""
+        trcov = sum((N * A - gs2) / (K - 1) for A, N, K, gs2 in strata)  # N_s · tr Σ_s
+        mean_sq = g2 - trcov
+        N = sum(N for _, N, _, _ in strata)
+        self.out.update({records.GRAD_NOISE_TRCOV: trcov, records.GRAD_MEAN_SQ: mean_sq,
+                         records.GRAD_SNR: mean_sq / trcov if trcov else math.inf,
+                         records.GRAD_NOISE_SCALE: N * trcov / mean_sq if mean_sq else math.inf})
+
+    def _split(self, dist, reduce_, per_pass: bool) -> tuple[float, float]:
+        """‖g_sft‖, ‖g_rl‖ and their cosine, g_rl = g − g_sft; returns (‖g_sft‖², ‖g_rl‖²)."""
         sft = [s if s is not None else torch.zeros_like(_local(p.grad) if p.grad is not None else _local(p))
-               for s, p in zip(self.sft, self.params)]
+               for s, p in zip(self.sft or [None] * len(self.params), self.params)]
         if not per_pass and dist.world > 1:  # each rank holds its own rows' part: sum it
             flat = dist.sum_tensor(torch.cat([s.reshape(-1) for s in sft]))
             sft, i = [], 0
@@ -216,6 +225,7 @@ class StepDiagnostics:
         ss, rr, sr = reduce_(torch.stack([ss, rr, sr])).tolist()
         self.out.update({records.GRAD_NORM_SFT: math.sqrt(ss), records.GRAD_NORM_RL: math.sqrt(rr),
                          records.GRAD_COS_SFT_RL: sr / math.sqrt(ss * rr) if ss > 0 and rr > 0 else math.nan})
+        return ss, rr
 
     # -- the step's metrics ------------------------------------------------------------------
     def metrics(self, dist) -> dict:

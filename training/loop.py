@@ -245,10 +245,10 @@ class Trainer:
         discarded). ``diag`` measures each micro-batch's gradient (`training.diagnostics`)."""
         finite = True
         diag.start(self.params, self.backend.per_pass)
-        demo = mini.batch.is_demo
-        for micro in self.backend.micro_batches(mini.trained, self.cfg.micro_batch, demo):
+        passes = self.backend.micro_batches(mini.trained, self.cfg.micro_batch, mini.batch.is_demo)
+        for micro, demo in zip(passes, passes.demo):
             if micro is None:  # FSDP: this rank has fewer micro-batches than another
-                with diag.pass_of(0, False):
+                with diag.pass_of(0, demo):
                     self.zero_pass(mini.packed, grad=True)
                 continue
             s = score(self.model, _select_packed(mini.packed, micro), mini.stage.critic.head,
@@ -258,7 +258,7 @@ class Trainer:
                 finite = False
                 (s.logp.nan_to_num() * 0.0).sum().backward()  # every rank runs as many passes
                 continue
-            with diag.pass_of(len(micro), bool(demo[micro[0]])):
+            with diag.pass_of(len(micro), demo):
                 (loss * self.backend.loss_scale).backward()
         if not self.dist.all_true(finite):
             self.optimizer.zero_grad(set_to_none=True)
