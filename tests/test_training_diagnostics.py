@@ -339,3 +339,59 @@ def test_hybrid_noise_is_stratified_by_source(model_dir, tmp_path):
     assert m[records.GRAD_NOISE_SCALE] == pytest.approx(N * trcov / mean_sq, rel=1e-6)
     sft = sum(gk for _, gk in units[True])
     assert m[records.GRAD_NORM_SFT] == pytest.approx(float(sft.norm()), rel=1e-6)
+
+
+# ------------------------------------------------------------------- several processes (slow)
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, extra", [("grpo", ()), ("hpt", ()), ("hpt", ("--fsdp", "true"))],
+                         ids=["grpo", "hpt", "hpt-fsdp"])
+def test_two_processes_log_the_diagnostics_of_one(tmp_path, preset, extra):
+    """2 processes (torchrun, gloo) = 1 process with the same global batch, on the embedded base
+    (the tiny model solves nothing: zero rewards, zero RL gradient). The SFT/RL split and the
+    prompt weights are global in any layout; with 4 rows per micro-batch grpo's ranks run the
+    single process's micro-batches (16 rows), so there even the noise estimates agree (a hybrid's
+    gate leaves ranks with other micro-batches; FSDP's units are passes over both ranks)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    model = str(base.ensure_base(log=lambda s: None))
+    evals = tmp_path / "eval.jsonl"
+    task.export(evals, "test", count=8)
+    args = [preset, "--model", model, "--runs-dir", str(tmp_path), "--eval-data", str(evals),
+            "--steps", "2", "--prompts-per-step", "4", "--num-generations", "4",
+            "--max-new-tokens", "48", "--micro-batch", "4", "--lr", "1e-3", "--eval-k", "1",
+            "--eval-every", "0", "--save-every", "0", "--progress", "false", "--threads", "1",
+            "--seed-per-prompt", "true", "--gate-gamma", "1"][:None if preset == "hpt" else -2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+              "--master_port", str(_free_port())]
+    for cmd, run_id in (([sys.executable], "one"), (launch, "two")):
+        done = subprocess.run([*cmd, "-m", "training.run", *args, "--run-id", run_id,
+                               *(extra if run_id == "two" else ())],
+                              cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = ({r["step"]: r for r in records.read_metrics(tmp_path / k)[0]} for k in ("one", "two"))
+    split = [records.GRAD_NORM_SFT, records.GRAD_NORM_RL, records.GRAD_COS_SFT_RL]
+    noise = [records.GRAD_SNR, records.GRAD_NOISE_SCALE, records.GRAD_NOISE_TRCOV, records.GRAD_MEAN_SQ]
+    per_level = (records.GRAD_W_EMPIRICAL, records.GRAD_W_EXACT, records.GRAD_PASS_RATE)
+    for step in (1, 2):
+        a, b = one[step], two[step]
+        weights = sorted(k for k in a if k.startswith(per_level))
+        assert weights and weights == sorted(k for k in b if k.startswith(per_level))
+        same = weights + (split if preset == "hpt" else noise)
+        for k in same:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (step, k)
+        assert a[records.GRAD_NORM] > 0
+        assert all(math.isfinite(b[k]) for k in noise if k in b), (step, {k: b.get(k) for k in noise})

@@ -154,8 +154,9 @@ class StepDiagnostics:
                     p.grad = acc
                     continue
                 sq = sq + _dot(g, g).cpu()
-                if demo:
-                    self.sft[i] = g.detach().clone() if self.sft[i] is None else self.sft[i].add_(g)
+                if demo:  # this rank's part (its shard, under FSDP) of the demonstrations' g
+                    gl = _local(g).detach()
+                    self.sft[i] = gl.clone() if self.sft[i] is None else self.sft[i].add_(gl)
                 if acc is not None:
                     p.grad = acc.add_(g)   # as autograd accumulates: acc + g_k
             self.sq.append(float(sq))
