@@ -197,7 +197,9 @@ def test_realised_prompt_weight_equals_exact_w_on_an_enumerated_case(preset, G, 
     B = len(r)
     b = Batch(logp=torch.zeros(B, 2, dtype=torch.float64), mask=torch.ones(B, 2, dtype=torch.float64),
               reward=r, group=grp)
-    diag = diagnostics.for_step(1, 1, ["L3"] * B, G, est)
+    rows = [Row((1,), (2,), float(x), bool(x), int(g), False, 0, data.Example(f"p{g}", (), "", "", "L3"))
+            for x, g in zip(r.tolist(), grp.tolist())]
+    diag = diagnostics.for_step(1, 1, rows, G, est)
     half = B // 2  # two mini-batches of whole groups
     for idx in (torch.arange(0, half - half % G), torch.arange(half - half % G, B)):
         sub = b.select(idx)
@@ -356,7 +358,8 @@ def _free_port() -> int:
                          ids=["grpo", "hpt", "hpt-fsdp"])
 def test_two_processes_log_the_diagnostics_of_one(tmp_path, preset, extra):
     """2 processes (torchrun, gloo) = 1 process with the same global batch, on the embedded base
-    (the tiny model solves nothing: zero rewards, zero RL gradient). The SFT/RL split and the
+    (the tiny model solves nothing: zero rewards, zero RL gradient); hpt's gate trains every
+    prompt's demonstration and rollouts (``--gate always``). The SFT/RL split and the
     prompt weights are global in any layout; with 4 rows per micro-batch grpo's ranks run the
     single process's micro-batches (16 rows), so there even the noise estimates agree (a hybrid's
     gate leaves ranks with other micro-batches; FSDP's units are passes over both ranks)."""
@@ -373,7 +376,7 @@ def test_two_processes_log_the_diagnostics_of_one(tmp_path, preset, extra):
             "--steps", "2", "--prompts-per-step", "4", "--num-generations", "4",
             "--max-new-tokens", "48", "--micro-batch", "4", "--lr", "1e-3", "--eval-k", "1",
             "--eval-every", "0", "--save-every", "0", "--progress", "false", "--threads", "1",
-            "--seed-per-prompt", "true", "--gate-gamma", "1"][:None if preset == "hpt" else -2]
+            "--seed-per-prompt", "true"] + (["--gate", "always"] if preset == "hpt" else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
               "--master_port", str(_free_port())]

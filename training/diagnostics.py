@@ -82,13 +82,14 @@ class NoDiagnostics:
         return {}
 
 
-def for_step(every: int, step: int, levels: list, G: int, est) -> "StepDiagnostics | NoDiagnostics":
-    """`StepDiagnostics` every ``every`` steps (0: never). ``levels`` [B]: each row's difficulty
-    level; ``G``: rollouts per group; ``est``: the stage's estimator (its advantage part gives
-    the exact w(p, G))."""
+def for_step(every: int, step: int, rows: list, G: int, est) -> "StepDiagnostics | NoDiagnostics":
+    """`StepDiagnostics` every ``every`` steps (0: never). ``rows``: the step's rows
+    (`batching.Row`: difficulty level and verdict of each); ``G``: rollouts per group; ``est``:
+    the stage's estimator (its advantage part gives the exact w(p, G))."""
     if not every or step % every:
         return NoDiagnostics()
-    return StepDiagnostics(list(levels), G, est.rollout_advantage)
+    return StepDiagnostics([r.example.level for r in rows], [r.correct for r in rows], G,
+                           est.rollout_advantage)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,11 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class StepDiagnostics:
+    """The diagnostics of one step (see the module docstring): ``levels`` and ``correct`` per
+    row of the step, G rollouts per group, the estimator's rollout ``advantage`` part."""
+
     levels: list
+    correct: list
     G: int
     advantage: object
     sq: list = field(default_factory=list)       # ‖g_k‖² (this rank's part) per micro-batch
@@ -122,12 +127,11 @@ class StepDiagnostics:
             mask = batch.mask
             adv = (plan.adv * mask).sum(-1) / mask.sum(-1).clamp_min(1)
             adv = torch.where(plan.coef != 0, adv, torch.zeros_like(adv)).double().tolist()
-        correct = (batch.reward >= 0.5).tolist()
-        for i, (r, demo, a, ok) in enumerate(zip(idx.tolist(), batch.is_demo.tolist(), adv, correct)):
+        for r, demo, a in zip(idx.tolist(), batch.is_demo.tolist(), adv):
             if demo:
                 continue
             s = self.w.setdefault(self.levels[r], [0.0, 0, 0.0, 0])
-            j = 0 if ok else 2
+            j = 0 if self.correct[r] else 2
             s[j] += a
             s[j + 1] += 1
 

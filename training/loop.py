@@ -178,8 +178,8 @@ class Trainer:
             if sb is None:
                 return self.skip_nonfinite(m, "log-probs of the batch are not finite")
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
-            diag = diagnostics.for_step(self.cfg.diagnostics_every, step,
-                                        [r.example.level for r in rows], stage.need.rollouts, stage.est)
+            diag = diagnostics.for_step(self.cfg.diagnostics_every, step, rows,
+                                        stage.need.rollouts, stage.est)
             for epoch in range(stage.epochs):
                 for mb in batching.minibatches(rows, k, gen):
                     if not self.optimise(self.mini_batch(stage, sb, mb, m, diag), m, diag):
