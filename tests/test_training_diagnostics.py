@@ -361,7 +361,7 @@ def test_two_processes_log_the_diagnostics_of_one(tmp_path, preset, extra):
     (the tiny model solves nothing: zero rewards, zero RL gradient); hpt's gate trains every
     prompt's demonstration and rollouts (``--gate always``). The SFT/RL split and the
     prompt weights are global in any layout; with 4 rows per micro-batch grpo's ranks run the
-    single process's micro-batches (16 rows), so there even the noise estimates agree (a hybrid's
+    single process's micro-batches (32 rows, 8 prompts), so there even the noise estimates agree (a hybrid's
     gate leaves ranks with other micro-batches; FSDP's units are passes over both ranks)."""
     import os
     import subprocess
@@ -373,8 +373,8 @@ def test_two_processes_log_the_diagnostics_of_one(tmp_path, preset, extra):
     evals = tmp_path / "eval.jsonl"
     task.export(evals, "test", count=8)
     args = [preset, "--model", model, "--runs-dir", str(tmp_path), "--eval-data", str(evals),
-            "--steps", "2", "--prompts-per-step", "4", "--num-generations", "4",
-            "--max-new-tokens", "48", "--micro-batch", "4", "--lr", "1e-3", "--eval-k", "1",
+            "--steps", "2", "--prompts-per-step", "8" if preset == "grpo" else "4",
+            "--num-generations", "4", "--max-new-tokens", "48", "--micro-batch", "4", "--lr", "1e-3", "--eval-k", "1",
             "--eval-every", "0", "--save-every", "0", "--progress", "false", "--threads", "1",
             "--seed-per-prompt", "true"] + (["--gate", "always"] if preset == "hpt" else [])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
@@ -389,12 +389,15 @@ def test_two_processes_log_the_diagnostics_of_one(tmp_path, preset, extra):
     split = [records.GRAD_NORM_SFT, records.GRAD_NORM_RL, records.GRAD_COS_SFT_RL]
     noise = [records.GRAD_SNR, records.GRAD_NOISE_SCALE, records.GRAD_NOISE_TRCOV, records.GRAD_MEAN_SQ]
     per_level = (records.GRAD_W_EMPIRICAL, records.GRAD_W_EXACT, records.GRAD_PASS_RATE)
+    assert any(one[step][records.GRAD_NORM] > 0 for step in (1, 2))
     for step in (1, 2):
         a, b = one[step], two[step]
         weights = sorted(k for k in a if k.startswith(per_level))
         assert weights and weights == sorted(k for k in b if k.startswith(per_level))
         same = weights + (split if preset == "hpt" else noise)
+        assert [k for k in same if k in a] == [k for k in same if k in b], step
         for k in same:
-            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (step, k)
-        assert a[records.GRAD_NORM] > 0
-        assert all(math.isfinite(b[k]) for k in noise if k in b), (step, {k: b.get(k) for k in noise})
+            if k in a:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (step, k)
+        if a[records.GRAD_NORM] > 0:
+            assert all(math.isfinite(b[k]) for k in noise), (step, {k: b.get(k) for k in noise})

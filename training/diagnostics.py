@@ -196,7 +196,7 @@ class StepDiagnostics:
             ss, rr = self._split(dist, reduce_, per_pass)
             strata = [strata[0][:3] + (rr,), strata[1][:3] + (ss,)]
         self.sft = None
-        if strata and all(K >= 2 for _, _, K, _ in strata):
+        if g2 > 0 and strata and all(K >= 2 for _, _, K, _ in strata):  # a zero update has no noise
             self._noise(strata, g2)
 
     def _noise(self, strata: list, g2: float) -> None:
