@@ -100,6 +100,13 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (_local(a).double() * _local(b).double()).sum()
 
 
+def _total(parts: list, n: int = 0) -> torch.Tensor:
+    """The sum of equally shaped float64 tensors on the CPU (zeros of size ``n`` when none)."""
+    if not parts:
+        return torch.zeros(n or (), dtype=torch.float64)
+    return torch.stack([p.to(parts[0].device) for p in parts]).sum(0).cpu()
+
+
 @dataclass
 class StepDiagnostics:
     """The diagnostics of one step (see the module docstring): ``levels`` and ``correct`` per
@@ -149,7 +156,7 @@ class StepDiagnostics:
         try:
             yield
         finally:
-            sq = torch.zeros((), dtype=torch.float64)
+            sq = []  # on the gradients' device: one transfer per micro-batch
             if demo and self.sft is None:
                 self.sft = [None] * len(self.params)
             for i, (p, acc) in enumerate(zip(self.params, kept)):
@@ -157,13 +164,13 @@ class StepDiagnostics:
                 if g is None:
                     p.grad = acc
                     continue
-                sq = sq + _dot(g, g).cpu()
+                sq.append(_dot(g, g))
                 if demo:  # this rank's part (its shard, under FSDP) of the demonstrations' g
                     gl = _local(g).detach()
                     self.sft[i] = gl.clone() if self.sft[i] is None else self.sft[i].add_(gl)
                 if acc is not None:
                     p.grad = acc.add_(g)   # as autograd accumulates: acc + g_k
-            self.sq.append(float(sq))
+            self.sq.append(float(torch.stack(sq).sum()) if sq else 0.0)
             self.rows.append(rows)
             self.demo.append(demo)
 
@@ -189,8 +196,7 @@ class StepDiagnostics:
                              for u in ((n > 0) & ~demo, (n > 0) & demo)])  # [rollouts, demos] x [A, N, K]
         if not per_pass:  # each rank's units are its own: sum the sums
             stats = dist.sum_tensor(stats)
-        g2 = float(reduce_(sum((_dot(p.grad, p.grad).cpu() for p in self.params if p.grad is not None),
-                               torch.zeros((), dtype=torch.float64))))
+        g2 = float(reduce_(_total([_dot(p.grad, p.grad) for p in self.params if p.grad is not None])))
         strata = [(A, N, K, g2) for A, N, K in stats.tolist() if N > 0]
         if len(strata) == 2:  # demonstrations and rollouts: ‖g_rl‖², ‖g_sft‖² from the split
             ss, rr = self._split(dist, reduce_, per_pass)
@@ -220,14 +226,12 @@ class StepDiagnostics:
                 k = _local(p).numel()
                 sft.append(flat[i:i + k].view_as(_local(p)))
                 i += k
-        ss = rr = sr = torch.zeros((), dtype=torch.float64)
+        sums = []
         for s, p in zip(sft, self.params):
             g = _local(p.grad) if p.grad is not None else torch.zeros_like(s)
-            r = g.double() - s.double()
-            ss = ss + (s.double() ** 2).sum().cpu()
-            rr = rr + (r * r).sum().cpu()
-            sr = sr + (s.double() * r).sum().cpu()
-        ss, rr, sr = reduce_(torch.stack([ss, rr, sr])).tolist()
+            s, r = s.double(), g.double() - s.double()
+            sums.append(torch.stack([(s * s).sum(), (r * r).sum(), (s * r).sum()]))
+        ss, rr, sr = reduce_(_total(sums, 3)).tolist()
         self.out.update({records.GRAD_NORM_SFT: math.sqrt(ss), records.GRAD_NORM_RL: math.sqrt(rr),
                          records.GRAD_COS_SFT_RL: sr / math.sqrt(ss * rr) if ss > 0 and rr > 0 else math.nan})
         return ss, rr
