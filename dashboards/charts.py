@@ -4,6 +4,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from records.gradients import EMPIRICAL
+
 alt.data_transformers.disable_max_rows()
 
 HEIGHT = 260
@@ -100,3 +102,22 @@ def plane_chart(points: pd.DataFrame, title: str, y: str) -> alt.Chart:
     xbars = base.mark_errorbar().encode(x=alt.X("x_lo:Q", title=PLANE_TITLES.get("trCov")), x2="x_hi:Q")
     ybars = base.mark_errorbar().encode(y=alt.Y("y_lo:Q", title=PLANE_TITLES.get(y, y)), y2="y_hi:Q")
     return alt.layer(xbars, ybars, dots, labels).properties(title=title, width=560, height=380)
+
+
+def weight_chart(weights: pd.DataFrame, title: str) -> alt.Chart:
+    """Prompt weight w against pass rate p: the exact w(p, G) as a line through the levels'
+    pass rates, the realised weights as filled points labelled with their level; colour = run."""
+    enc = dict(x=alt.X("p:Q", title="pass rate p of the level's rollouts", scale=alt.Scale(domain=[0, 1])),
+               y=alt.Y("w:Q", title="weight w of ∇p in the update", scale=alt.Scale(zero=False)),
+               color=alt.Color("run:N", title="run"),
+               tooltip=["run", "level", "kind", alt.Tooltip("p:Q", format=".3f"),
+                        alt.Tooltip("w:Q", format=".4g"), "steps"])
+    base = alt.Chart(weights).encode(**enc)
+    exact = base.transform_filter(alt.datum.kind != EMPIRICAL).mark_line(
+        point=alt.OverlayMarkDef(shape="diamond", filled=False, size=70), strokeDash=[5, 3]).encode(
+        detail="kind:N", order="p:Q")
+    real = base.transform_filter(alt.datum.kind == EMPIRICAL).mark_point(
+        filled=True, size=90)
+    labels = base.transform_filter(alt.datum.kind == EMPIRICAL).mark_text(
+        dx=8, dy=-8, align="left").encode(text="level:N")
+    return alt.layer(exact, real, labels).properties(title=title, height=HEIGHT + 40)

@@ -188,6 +188,11 @@ class Estimator:
         """Whether `plan` reads ``Batch.logp_old`` (π_θold must be scored before planning)."""
         return self.advantage.reads_old or getattr(self.mask, "reads_old", False)
 
+    @property
+    def rollout_advantage(self) -> Advantage:
+        """The advantage part that weights on-policy rollouts (its w(p, G), probes-spec §1.3)."""
+        return self.advantage
+
     # -- validation --------------------------------------------------------------------------
     def check(self, b: Batch) -> None:
         """Reject a batch this estimator cannot use, naming the field."""
@@ -321,6 +326,10 @@ class Hybrid:
     @property
     def plan_reads_old(self) -> bool:
         return self.rl.plan_reads_old or self.sft.plan_reads_old
+
+    @property
+    def rollout_advantage(self) -> Advantage:
+        return self.rl.advantage
 
     @property
     def needs(self) -> tuple:

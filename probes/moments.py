@@ -135,21 +135,28 @@ def layout(est, G: int) -> tuple[int, int]:
     return G, 0
 
 
+GROUP_LOCAL = (Pt.Ones, Pt.Reward, Pt.GroupNormalised, PassAtK)
+
+
+def group_local(advantage) -> bool:
+    """Whether an advantage part depends only on its own group's rewards (so w(p, G) applies)."""
+    return isinstance(advantage, GROUP_LOCAL)
+
+
 def exact_support(est) -> tuple[bool, str]:
     """Whether exact moments apply: group-local advantage (Ones, Reward, GroupNormalised) and a
     normaliser that is fixed given the update size (row count or constant; for a `Hybrid`, whose
     gate changes the trained row count per prompt, only constants)."""
-    local_adv = (Pt.Ones, Pt.Reward, Pt.GroupNormalised, PassAtK)
     counts = {r.counts for r in est.reductions()}
     if isinstance(est, Hybrid):
         if counts != {CONSTANT}:
             return False, "gate-dependent normaliser couples prompts"
-        if not all(isinstance(e.advantage, local_adv) for e in (est.rl, est.sft)):
+        if not all(group_local(e.advantage) for e in (est.rl, est.sft)):
             return False, "advantage not group-local"
         return True, ""
     if TOKENS in counts:
         return False, f"{type(est.reduction).__name__} normaliser couples rows"
-    if not isinstance(est.advantage, local_adv):
+    if not group_local(est.advantage):
         return False, f"{type(est.advantage).__name__} advantage is not group-local"
     return True, ""
 

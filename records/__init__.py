@@ -15,6 +15,7 @@ this package and nothing else of the project.
 ``records.summary``         one row per run: method, model, final accuracy, wall time
 ``records.foreign``         other trainers' logs as run records: TRL ``trainer_state.json``,
                             verl's file-logger JSONL (their metric names mapped onto ours)
+``records.gradients``       the live gradient diagnostics as tables: noise curves, prompt weights
 ==========================  ==============================================================
 
 Nothing here imports torch.
@@ -82,6 +83,20 @@ Metric names (namespaced; defined here once and used everywhere):
                                   stats; ``estimators`` writes the literal, it imports no records)
 ``gate/offline_ratio``            demo rows / (demo rows + on-policy rows) in the batch (Figs. 6, 8)
 ``grad/norm``                     gradient norm before clipping
+``grad/snr``                      live gradient diagnostics (``--diagnostics-every``, see
+                                  training/diagnostics.py), of the step's first optimizer step,
+                                  from its per-micro-batch gradients: ‖E g‖²/tr Cov(g) of the
+                                  update g (McCandlish's unbiased two-batch estimates)
+``grad/noise_scale``              B_simple = N·tr Cov(g)/‖E g‖², in rows (N rows per update)
+``grad/noise_trcov``              tr Cov(g), the estimated trace covariance of the update
+``grad/mean_sq``                  ‖E g‖², the estimated squared norm of the mean update
+``grad/norm_sft``                 ‖g_sft‖: norm of the demonstration rows' part of the update
+``grad/norm_rl``                  ‖g_rl‖: norm of the rollout rows' part (g = g_sft + g_rl)
+``grad/cos_sft_rl``               cos(g_sft, g_rl): do demonstrations and rollouts pull alike
+``grad/w_empirical/<level>``      realised weight of the level's prompts in the update: mean Â of
+                                  correct − of wrong rollouts (0 on untrained rows)
+``grad/w_exact/<level>``          exact w(p, G) of the estimator's advantage at the level's p
+``grad/pass_rate/<level>``        pass rate p of the level's rollouts this step
 ``data/demos_truncated``          demonstrations cut to max_new_tokens so far (running count)
 ``eval/accuracy``                 held-out avg@k over all levels
 ``eval/accuracy/<level>``         held-out avg@k per level or benchmark
@@ -135,6 +150,16 @@ GATE_SFT_FRACTION = "gate/sft_fraction"
 GATE_MEAN_BETA = "gate/mean_beta"
 GATE_OFFLINE_RATIO = "gate/offline_ratio"
 GRAD_NORM = "grad/norm"
+GRAD_SNR = "grad/snr"
+GRAD_NOISE_SCALE = "grad/noise_scale"
+GRAD_NOISE_TRCOV = "grad/noise_trcov"
+GRAD_MEAN_SQ = "grad/mean_sq"
+GRAD_NORM_SFT = "grad/norm_sft"
+GRAD_NORM_RL = "grad/norm_rl"
+GRAD_COS_SFT_RL = "grad/cos_sft_rl"
+GRAD_W_EMPIRICAL = "grad/w_empirical/"  # prefixes of the per-level keys below
+GRAD_W_EXACT = "grad/w_exact/"
+GRAD_PASS_RATE = "grad/pass_rate/"
 DATA_DEMOS_TRUNCATED = "data/demos_truncated"
 EVAL_PREFIX = "eval/"  # every held-out evaluation key starts with it
 EVAL_ACCURACY = "eval/accuracy"
@@ -147,6 +172,18 @@ def eval_accuracy_key(level: str) -> str:
 
 def eval_passk_key(k: int) -> str:
     return f"{EVAL_PREFIX}pass@{k}"
+
+
+def grad_w_empirical_key(level) -> str:
+    return f"{GRAD_W_EMPIRICAL}{level}"
+
+
+def grad_w_exact_key(level) -> str:
+    return f"{GRAD_W_EXACT}{level}"
+
+
+def grad_pass_rate_key(level) -> str:
+    return f"{GRAD_PASS_RATE}{level}"
 
 
 # Row schemas (field -> meaning). Extra fields are allowed; these are always present.

@@ -18,6 +18,8 @@ The loop (the paper's Algorithm 1)
     ``backends``     chosen at construction: process layout (`Replicated` | `Sharded` FSDP),
                      `Critic` | `NoCritic`, `NoReference`
     ``distributed``  data parallelism (`SingleProcess` | `TorchDistributed`), FSDP helpers
+    ``diagnostics``  live gradient diagnostics of the step (``--diagnostics-every``): SNR and noise
+                     scale from the micro-batch gradients, SFT vs RL parts, realised w(p)
     ``policy``       the HF model: packing, log-probs at the rollout temperature, LoRA/full
                      loading (SDPA, gradient checkpointing), value head, π_ref
     ``logprobs``     the chunked output layer: token log-probs and entropies, never [B, T, V]

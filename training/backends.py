@@ -44,9 +44,12 @@ class Replicated:
         """How many prompts the ranks sample together when ``missing`` are still needed."""
         return missing
 
-    def micro_batches(self, idx: torch.Tensor, size: int) -> list:
-        """``idx`` in chunks of ``size`` rows."""
-        return batching.chunks(idx, size)
+    per_pass = False  # each pass's gradient is this rank's alone (summed over ranks at the step)
+
+    def micro_batches(self, idx: torch.Tensor, size: int, is_demo=None) -> list:
+        """``idx`` in chunks of ``size`` rows (with ``is_demo``: rollouts and demonstrations in
+        separate chunks, `batching.source_chunks`), as `batching.Passes`."""
+        return batching.source_chunks(idx, size, is_demo)
 
     def full_state(self, model, optimizer, critic_head):
         """The whole (model, optimizer) state for a checkpoint; None: the live objects are whole."""
@@ -73,9 +76,10 @@ class Sharded(Replicated):
     def prompts_to_sample(self, missing: int) -> int:
         return -(-missing // self.dist.world) * self.dist.world
 
-    def micro_batches(self, idx: torch.Tensor, size: int) -> list:
-        parts = batching.chunks(idx, size)
-        return parts + [None] * (self.dist.largest(len(parts)) - len(parts))
+    per_pass = True  # FSDP reduce-scatters every pass: its gradient is every rank's already
+
+    def micro_batches(self, idx: torch.Tensor, size: int, is_demo=None) -> list:
+        return batching.source_chunks(idx, size, is_demo, pad=self.dist.largest)
 
     def full_state(self, model, optimizer, critic_head):
         # every rank takes part in gathering the full state; rank 0 writes it

@@ -189,6 +189,38 @@ def chunks(idx: torch.Tensor, size: int) -> list[torch.Tensor]:
     return [idx[i:i + size] for i in range(0, len(idx), size)] if len(idx) else []
 
 
+class Passes(list):
+    """Micro-batches (row indices, or None for a zero-weight pass) with ``demo``: per pass,
+    whether it holds demonstration rows (never mixed with rollouts)."""
+
+    def __init__(self, parts=(), demo=None):
+        super().__init__(parts)
+        self.demo = list(demo) if demo is not None else [False] * len(self)
+
+
+def source_chunks(idx: torch.Tensor, size: int, is_demo: Optional[torch.Tensor] = None,
+                  pad=lambda n: n) -> Passes:
+    """``idx`` in chunks of ``size`` rows. With ``is_demo`` [B] (the gradient passes), the
+    rollout rows' chunks then the demonstration rows': no chunk mixes the two, so the update
+    splits exactly into their parts, and a source with two rows or more takes at least two
+    chunks, so the spread of its micro-batch gradients can be measured
+    (``training.diagnostics``). The gradient is a sum over rows: any partition gives it.
+    ``pad(n)``: how many passes a source's n chunks take (FSDP: as many as on any rank; the
+    extra passes are None)."""
+    if is_demo is None:
+        parts = chunks(idx, size)
+        return Passes(parts + [None] * (pad(len(parts)) - len(parts)))
+    demo = is_demo[idx].cpu()
+    out = Passes()
+    for flag in (False, True):
+        rows = idx[demo == flag]
+        parts = chunks(rows, min(size, max(1, -(-len(rows) // 2))))
+        parts += [None] * (pad(len(parts)) - len(parts))
+        out += parts
+        out.demo += [flag] * len(parts)
+    return out
+
+
 # ------------------------------------------------------------------ the step's values
 
 @dataclass

@@ -87,6 +87,8 @@ class RunConfig:
     dynamic_sampling_rounds: int = _f(4, "DAPO: extra sampling rounds to refill dropped groups")
     value_coef: float = _f(0.5, "PPO: weight of the critic's squared-error loss")
     # evaluation, records
+    diagnostics_every: int = _f(1, "log live gradient diagnostics (grad/snr, grad/noise_scale, SFT vs RL cosine, "
+                                   "realised prompt weights w(p)) every this many steps; 0 = off (training/diagnostics.py)")
     eval_every: int = _f(40, "evaluate on the held-out split every this many steps (0 = only at start/end)")
     eval_k: int = _f(4, "samples per held-out problem (avg@k, pass@1..k)")
     eval_temperature: float = _f(0.6, "evaluation sampling temperature")
@@ -99,7 +101,7 @@ class RunConfig:
     run_id: str = _f("", "run directory name; empty = <preset>-s<seed>-<time>")
     resume: str = _f("", "resume the run in this directory from its last intact checkpoint (its config; "
                          "only --steps (more), --progress, --threads, --save-every, --keep-checkpoints, --report-to, "
-                         "--tracker-project may change)")
+                         "--tracker-project, --diagnostics-every may change)")
     threads: int = _f(0, "torch CPU threads (0 = chosen from the free cores: training/resources.py)")
     progress: bool = _f(True, "show a progress bar")
     report_to: str = _f("none", "also send the metrics to these trackers (comma list): none | tensorboard | "
@@ -220,6 +222,7 @@ ALLOWED: dict[str, Any] = {
     "stage_split": FRACTION,
     "dynamic_sampling_rounds": AT_LEAST_0,
     "value_coef": AT_LEAST_0,
+    "diagnostics_every": AT_LEAST_0,
     "eval_every": AT_LEAST_0,
     "eval_k": AT_LEAST_1,
     "eval_temperature": AT_LEAST_0,

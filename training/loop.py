@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import records
 
-from . import batching, checkpoint, data
+from . import batching, checkpoint, data, diagnostics
 from .backends import NoCritic, Replicated
 from .batching import (MiniBatch, Row, Rollouts, StepBatch, StepMetrics, _first_groups,
                        _gate_metrics, _rollout_metrics, _select_packed)
@@ -193,11 +193,14 @@ class Trainer:
             if sb is None:
                 return self.skip_nonfinite(m, "log-probs of the batch are not finite")
             gen = torch.Generator().manual_seed(_seed(self.cfg.seed, step, 99))
+            diag = diagnostics.for_step(self.cfg.diagnostics_every, step, rows,
+                                        stage.need.rollouts, stage.est)
             for epoch in range(stage.epochs):
                 for mb in batching.minibatches(rows, k, gen):
-                    if not self.optimise(self.mini_batch(stage, sb, mb, m), m):
+                    if not self.optimise(self.mini_batch(stage, sb, mb, m, diag), m, diag):
                         return self.skip_nonfinite(m, "the loss is not finite")
             m.update(m.token_means(self.dist))
+            m.update(diag.metrics(self.dist))
             self.scheduler.step()
         m[records.TRAIN_LOSS] = self.dist.total(m.get(records.TRAIN_LOSS, 0.0))  # global surrogate
         self.bad_in_row = 0
@@ -241,10 +244,12 @@ class Trainer:
         m.tokens(old, full, known, stage.correction)
         return StepBatch(packed, full, False, known)
 
-    def mini_batch(self, stage: Stage, sb: StepBatch, mb: torch.Tensor, m: StepMetrics) -> MiniBatch:
+    def mini_batch(self, stage: Stage, sb: StepBatch, mb: torch.Tensor, m: StepMetrics,
+                   diag=diagnostics.NoDiagnostics()) -> MiniBatch:
         """Rows ``mb`` planned once (normalisers over every rank); the gate decides here."""
         sub = sb.batch.select(mb)
         plan = stage.est.plan(sub, all_reduce=self.dist.reducer)
+        diag.weights(sub, plan, mb)
         trained = plan.trained.nonzero().squeeze(-1)
         n_tok = self.dist.sum_tensor(sub.mask[trained].sum()).clamp_min(1)
         _gate_metrics(sub, trained, m)
@@ -252,13 +257,17 @@ class Trainer:
         return MiniBatch(stage, _select_packed(sb.packed, mb, trim=False), sub, plan, trained,
                          stage.critic.target(stage, plan, n_tok), sb.one_pass, sb.sampler_logp)
 
-    def optimise(self, mini: MiniBatch, m: StepMetrics) -> bool:
-        """Accumulate the gradient of one mini-batch over micro-batches, then one optimizer
-        step. False on a non-finite loss (gradients discarded)."""
+    def optimise(self, mini: MiniBatch, m: StepMetrics, diag=diagnostics.NoDiagnostics()) -> bool:
+        """Accumulate the gradient of one mini-batch over micro-batches (rollouts and
+        demonstrations apart), then one optimizer step. False on a non-finite loss (gradients
+        discarded). ``diag`` measures each micro-batch's gradient (`training.diagnostics`)."""
         finite = True
-        for micro in self.backend.micro_batches(mini.trained, self.cfg.micro_batch):
+        diag.start(self.params, self.backend.per_pass)
+        passes = self.backend.micro_batches(mini.trained, self.cfg.micro_batch, mini.batch.is_demo)
+        for micro, demo in zip(passes, passes.demo):
             if micro is None:  # FSDP: this rank has fewer micro-batches than another
-                self.zero_pass(mini.packed, grad=True)
+                with diag.pass_of(0, demo):
+                    self.zero_pass(mini.packed, grad=True)
                 continue
             s = score(self.model, _select_packed(mini.packed, micro), mini.stage.critic.head,
                       temperature=self.cfg.temperature)
@@ -267,11 +276,12 @@ class Trainer:
                 finite = False
                 (s.logp.nan_to_num() * 0.0).sum().backward()  # every rank runs as many passes
                 continue
-            (loss * self.backend.loss_scale).backward()
+            with diag.pass_of(len(micro), demo):
+                (loss * self.backend.loss_scale).backward()
         if not self.dist.all_true(finite):
             self.optimizer.zero_grad(set_to_none=True)
             return False
-        norm, skipped = self.optimizer_step()
+        norm, skipped = self.optimizer_step(diag)
         m[records.GRAD_NORM] = norm
         m[records.TRAIN_SKIPPED] = max(m.get(records.TRAIN_SKIPPED, 0.0), float(skipped))
         return True
@@ -300,11 +310,17 @@ class Trainer:
             m[records.TRAIN_KL] = out.kl
         return loss
 
-    def optimizer_step(self) -> tuple[float, bool]:
+    @property
+    def params(self) -> list:
+        """The optimizer's parameters (the policy's trainable ones, and the critic's)."""
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def optimizer_step(self, diag=diagnostics.NoDiagnostics()) -> tuple[float, bool]:
         """Clip the gradient norm; skip the step when it is not finite or > max_grad_norm."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = self.params
         # each rank's loss is its share of the global surrogate (× world size under FSDP)
         self.dist.sum_grads(params, scale=1.0 / self.backend.loss_scale)
+        diag.gradient(params, self.dist, self.backend.per_pass)  # the summed gradient, unclipped
         norm = clip_grad_norm(params, self.cfg.grad_clip)
         skipped = not math.isfinite(norm) or norm > self.cfg.max_grad_norm
         if not skipped:

@@ -25,6 +25,7 @@ RESUME_MAY_CHANGE = {
     "threads": lambda before, after: True,
     "save_every": lambda before, after: True,
     "keep_checkpoints": lambda before, after: True,
+    "diagnostics_every": lambda before, after: True,  # measures the update, never changes it
     "resume": lambda before, after: True,
     "report_to": lambda before, after: True,         # trackers only mirror metrics.jsonl
     "tracker_project": lambda before, after: True,
@@ -59,8 +60,8 @@ def resume_config(now: RunConfig, saved: dict, given: Optional[set] = None) -> t
     if refused:
         what = ", ".join(f"{k if k == 'preset' else flag(k)} {changed[k][1]!r} (the run has {changed[k][0]!r})" for k in refused)
         raise SystemExit(f"--resume {now.resume}: cannot change {what}; a resumed run keeps its "
-                         "config except more --steps, --progress, --threads, --save-every and "
-                         "--keep-checkpoints (start a new run to change anything else)")
+                         "config except more --steps, --progress, --threads, --save-every, "
+                         "--keep-checkpoints and --diagnostics-every (start a new run to change anything else)")
     changed.pop("resume", None)
     return replace(before, **{k: a for k, (_, a) in changed.items()}), changed
 
