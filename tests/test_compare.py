@@ -106,5 +106,5 @@ def test_tune_chooses_by_validation_score_only(tmp_path, monkeypatch):
     assert tuning["trials_per_method"] == 2
     chosen = runs / "sft-lr0.001-s0"  # reported at the validation choice, on the test split
     assert compare.final_scores(chosen)["Avg"] == 0.0
-    cfg = json.loads((chosen / "config.json").read_text())
+    cfg = json.loads((chosen / "config.json").read_text())["config"]
     assert cfg["lr"] == 1e-3 and cfg["eval_data"] == ""

@@ -88,7 +88,7 @@ def for_step(every: int, step: int, rows: list, G: int, est) -> "StepDiagnostics
     the stage's estimator (its advantage part gives the exact w(p, G))."""
     if not every or step % every:
         return NoDiagnostics()
-    return StepDiagnostics([r.example.level for r in rows], [r.correct for r in rows], G,
+    return StepDiagnostics([r.example.level if r.example is not None else "all" for r in rows], [r.correct for r in rows], G,
                            est.rollout_advantage)
 
 
