@@ -92,7 +92,7 @@ class RunConfig:
     attn_implementation: str = _f("auto", "attention kernel: auto (CUDA: FlashAttention 2 when flash_attn is installed, else sdpa; CPU: eager, bit-reproducible on resume) | sdpa | eager | flash_attention_2")
     gradient_checkpointing: bool = _f(False, "recompute decoder-layer activations in the backward pass (less activation memory, about a third more compute)")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch fully_shard); full-parameter GRPO-family/SFT/HPT runs under torchrun/accelerate")
-    rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.rollout.vllm_engine)")
+    rollout_engine: str = _f("auto", "rollout engine: auto (fast for the embedded base model, else hf) | fast (static KV cache, batched decode loop: training.rollout.fast) | hf (model.generate) | vllm (training.rollout.vllm_engine)")
     tis_cap: float = _f(2.0, "truncated importance sampling cap when the engine returns behaviour log-probs")
     seed_per_prompt: bool = _f(False, "seed rollouts per prompt (always on with several processes, so 1 and N processes sample alike)")
     sft_coef: Optional[float] = _f(None, "HPT: SFT weight beta on prompts the gate sends to SFT; default: the preset's (1.0)")
@@ -197,7 +197,7 @@ ALLOWED: dict[str, Any] = {
     "fsdp": FLAG,
     "attn_implementation": OneOf(("auto", "sdpa", "eager", "flash_attention_2")),
     "gradient_checkpointing": FLAG,
-    "rollout_engine": OneOf(("hf", "vllm")),
+    "rollout_engine": OneOf(("auto", "fast", "hf", "vllm")),
     "tis_cap": POSITIVE,
     "seed_per_prompt": FLAG,
     "sft_coef": AT_LEAST_0,
