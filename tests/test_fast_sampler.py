@@ -224,3 +224,27 @@ def test_base_cache_key_changes_with_every_build_setting():
         assert changed.digest() not in seen, f.name
         seen.add(changed.digest())
     assert base.base_path(cfg).name == f"base-{cfg.digest()}"
+
+
+@pytest.mark.slow
+def test_a_training_run_samples_and_evaluates_with_the_fast_engine(tmp_path, monkeypatch):
+    """`training.run` with ``--rollout-engine fast``: the trainer's log-probs equal the engine's
+    (``rollout/logp_gap`` ≈ 0 at every step) and every evaluation reports its CI half-width."""
+    import records
+    from training import run, task
+
+    task.export(tmp_path / "heldout.jsonl", "test", count=10)
+    monkeypatch.setenv("UPGE_CACHE", str(tmp_path / "cache"))
+    tiny = base.BaseConfig(hidden_size=32, layers=2, heads=2, kv_heads=2, intermediate_size=64,
+                           pretrain_steps=5, pretrain_batch=8)
+    model = str(base.ensure_base(tiny, log=lambda s: None))
+    trainer = run.main(["grpo", "--model", model, "--rollout-engine", "fast", "--runs-dir", str(tmp_path),
+                        "--run-id", "r", "--eval-data", str(tmp_path / "heldout.jsonl"), "--steps", "2", "--prompts-per-step", "3", "--n", "4",
+                        "--max-new-tokens", "16", "--eval-k", "1", "--eval-every", "0",
+                        "--save-every", "0", "--progress", "false", "--threads", "1"])
+    assert isinstance(trainer.sampler.inner, FastSampler)
+    metrics, _ = records.read_metrics(tmp_path / "r")
+    gaps = [m[records.ROLLOUT_LOGP_GAP] for m in metrics if records.ROLLOUT_LOGP_GAP in m]
+    assert len(gaps) == 2 and max(gaps) < 1e-5, gaps
+    evals = [m for m in metrics if records.EVAL_CI95 in m]
+    assert len(evals) == 2 and all(0 <= m[records.EVAL_CI95] < 1 for m in evals)
