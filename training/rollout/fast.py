@@ -13,7 +13,7 @@ since peft wraps those modules) in a loop of its own:
   key/value cache per layer (no reallocation, no cache object);
 * sampling is exactly HF's: scores = logits / T, then transformers' own ``TopPLogitsWarper``,
   then a draw from their softmax — by the Gumbel-max trick (argmax of log-prob + Gumbel noise,
-  the same distribution as ``multinomial``) with each row's noise drawn up front from its
+  the same distribution as ``multinomial``) with each row's noise drawn step by step from its
   prompt's own generator, so a prompt's rollouts depend only on (weights, prompt, seed) and
   never on which other prompts share the batch (``seeds_per_prompt``: one batched call does
   what ``--seed-per-prompt`` asks);
@@ -108,8 +108,8 @@ class FastSampler:
         try:
             with torch.no_grad(), self._autocast(inner):
                 for start in range(0, P, per):
-                    noise = None if greedy else self._noise(
-                        seeds[start:start + per], n, max_new_tokens, inner.config.vocab_size)
+                    noise = None if greedy else GumbelNoise(
+                        seeds[start:start + per], n, inner.lm_head.out_features, inner.device)
                     ids, lp = decode(inner, prompts_token_ids[start:start + per], n, noise,
                                      temperature, top_p, max_new_tokens,
                                      self.stop_ids or [self.eos_id], self.pad_id)
@@ -125,20 +125,24 @@ class FastSampler:
             return contextlib.nullcontext()
         return torch.autocast(device_type=inner.device.type, dtype=self.autocast)
 
-    def _noise(self, seeds, n, steps, vocab) -> torch.Tensor:
-        """[rows, steps, V] standard Gumbel noise, each prompt's n rows from its own seed."""
-        device = decoder_of(self.model).device
-        parts = []
-        for s in seeds:
-            g = torch.Generator(device="cpu").manual_seed(int(s))
-            u = torch.rand((n, steps, vocab), generator=g)
-            parts.append(u)
-        u = torch.cat(parts).clamp_(min=torch.finfo(torch.float32).tiny, max=1 - 2 ** -24)
-        return (-torch.log(-torch.log(u))).to(device)
-
     def sync_weights(self, model) -> None:
         """Samples from the training model itself: nothing to copy."""
         self.model = model
+
+
+class GumbelNoise:
+    """Standard Gumbel noise for the rows of ``len(seeds)`` prompts × ``n``: each call gives the
+    next step's [rows, V], each prompt's rows drawn from its own generator (seeded once), so a
+    prompt's draws do not depend on the other prompts of the batch. One step in memory."""
+
+    def __init__(self, seeds: list, n: int, vocab: int, device):
+        self.gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        self.shape, self.device = (n, vocab), device
+
+    def __call__(self) -> torch.Tensor:
+        u = torch.cat([torch.rand(self.shape, generator=g) for g in self.gens])
+        u = u.clamp_(min=torch.finfo(torch.float32).tiny, max=1 - 2 ** -24)
+        return (-torch.log(-torch.log(u))).to(self.device)
 
 
 def process_scores(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -210,12 +214,12 @@ def forward(inner, ids: torch.Tensor, pos: torch.Tensor, cache: KVCache, t0: int
     return inner.lm_head(body.norm(x[:, -1]))
 
 
-def decode(inner, prompts: list[list[int]], n: int, noise: Optional[torch.Tensor],
+def decode(inner, prompts: list[list[int]], n: int, noise: Optional[GumbelNoise],
            temperature: float, top_p: float, max_new_tokens: int, stop_ids: list, pad_id: int):
     """(generated ids [row][t] padded after a stop id, log-probs [row][t]) of n rows per prompt
     (row = prompt · n + j). Each prompt is run once (prefill) and its cache copied to its n
     rows. Greedy when ``noise`` is None, else row r's token t is argmax(processed log-probs +
-    noise[r, t])."""
+    step t's noise[r]) (Gumbel-max: a draw from the softmax of the processed scores)."""
     device = inner.device
     conf = inner.config
     ids, att = left_pad(prompts, pad_id)
@@ -247,7 +251,7 @@ def decode(inner, prompts: list[list[int]], n: int, noise: Optional[torch.Tensor
             tok = logits.float().argmax(-1)
         else:
             logp = torch.log_softmax(process_scores(logits, temperature, top_p), -1)
-            tok = (logp + noise[live, t]).argmax(-1)
+            tok = (logp + noise()[live]).argmax(-1)
             lps[live, t] = logp.gather(-1, tok[:, None]).squeeze(-1)
         tok = tok.masked_fill(done, pad_id)
         out[live, t] = tok
