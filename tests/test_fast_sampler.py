@@ -136,7 +136,8 @@ def first_token_chi2(model, prompt, temperature, top_p, N, want_T):
     counts = torch.bincount(torch.tensor(first), minlength=model.config.vocab_size)
     with torch.no_grad():
         logits = model(torch.tensor([prompt])).logits[0, -1]
-    probs = torch.softmax(fast.process_scores(logits[None], want_T, top_p)[0], -1).double()
+    scores = TemperatureLogitsWarper(want_T)(None, logits[None].float())  # HF's processors
+    probs = torch.softmax(TopPLogitsWarper(top_p)(None, scores)[0], -1).double()
     big = probs * N >= 5  # bins with enough expected counts; the rest pooled into one
     obs = torch.cat([counts[big].double(), counts[~big].sum(0, keepdim=True).double()])
     exp = torch.cat([probs[big] * N, probs[~big].sum(0, keepdim=True) * N])
