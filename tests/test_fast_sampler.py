@@ -249,3 +249,24 @@ def test_a_training_run_samples_and_evaluates_with_the_fast_engine(tmp_path, mon
     assert len(gaps) == 2 and max(gaps) < 1e-5, gaps
     evals = [m for m in metrics if records.EVAL_CI95 in m]
     assert len(evals) == 2 and all(0 <= m[records.EVAL_CI95] < 1 for m in evals)
+
+
+def test_eval_ci_half_width_is_stratified_by_level():
+    """The 'all' row's ci95 = 1.96·√(Σ_l (n_l/N)² s_l²/n_l) over the levels (the split's fixed
+    strata), a level's = 1.96 · its plain standard error; `eval/ci95` is the 'all' avg@k's."""
+    import math
+    import statistics
+
+    import records
+    from training.evaluation.heldout import EvalResult
+
+    correct = [[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    res = EvalResult([1, 1, 1, 2, 2, 2], correct)
+    avg = [sum(c) / 4 for c in correct]
+    se2 = [statistics.variance(avg[:3]) / 3, statistics.variance(avg[3:]) / 3]
+    want = 1.96 * math.sqrt(sum((3 / 6) ** 2 * v for v in se2))
+    rows = {(r["level"], r["metric"], r["k"]): r for r in res.rows(0)}
+    assert rows[("all", "avg@k", 4)]["ci95"] == pytest.approx(want, rel=1e-12)
+    assert rows[("1", "avg@k", 4)]["ci95"] == pytest.approx(1.96 * math.sqrt(se2[0]), rel=1e-12)
+    assert want < 1.96 * statistics.stdev(avg) / math.sqrt(6)  # the between-level spread is left out
+    assert res.metrics()[records.EVAL_CI95] == pytest.approx(want, rel=1e-12)
