@@ -1,7 +1,7 @@
 """The embedded default run (``python -m training.run hpt``), the previous path against this one,
 phase by phase, in one run:
 
-    python benchmarks/embedded_default.py                  # the full default (120 steps): ~6 min
+    python benchmarks/embedded_default.py                  # the full default (120 steps)
     python benchmarks/embedded_default.py --steps 20       # reduced: a few minutes
     python benchmarks/embedded_default.py --baseline REV   # another git revision as the old path
 
@@ -11,14 +11,17 @@ new path is this checkout. Each runs ``python -m training.run hpt --steps N`` in
 with an empty ``UPGE_CACHE`` (a cold cache: the base model is built), its own runs directory and
 the same ``--threads`` (default: the automatic choice, computed once here), old first. Prints the
 phases each run reports (``wall time ... (base model ..., sample ..., ...)``), the process's wall
-time and the ratio old / new, then the held-out accuracy (step 0 and last) of both runs. Timings
-on a shared machine move with its load: compare within one run.
+and CPU time (the CPU time moves less with other jobs on a shared machine) and the ratio old /
+new, then the held-out accuracy (step 0 and last) of both runs. Timings on a shared machine move
+with its load: compare within one run, and phases whose code did not change (the base build)
+show how much the load moved between the two runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import re
 import subprocess
 import sys
@@ -55,16 +58,23 @@ def run(tree: Path, work: Path, steps: int, threads: int) -> dict:
     cmd = [sys.executable, "-m", "training.run", "hpt", "--steps", str(steps), "--threads", str(threads),
            "--progress", "false", "--runs-dir", str(runs), "--run-id", "bench"]
     env = {**os.environ, "PYTHONPATH": str(tree), "UPGE_CACHE": str(cache)}
-    t0 = time.time()
+    t0, c0 = time.time(), _children_cpu()
     out = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    wall = time.time() - t0
+    wall, cpu = time.time() - t0, _children_cpu() - c0
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd)} (in {tree}) failed:\n{out.stderr[-3000:]}")
     line = re.search(r"wall time [\d.]+s \((.*)\)", out.stderr)
     phases = {k: float(v) for k, v in re.findall(r"([a-z ]+?) ([\d.]+)s(?:, |$)", line.group(1))} if line else {}
     result = json.loads(out.stdout.strip().splitlines()[-1])
     first = _first_eval(runs / "bench")
-    return {"phases": phases, "wall": wall, "result": result, "first": first}
+    return {"phases": phases, "wall": wall, "cpu": cpu, "result": result, "first": first}
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes (less moved by other jobs on a
+    shared machine than wall time)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def _first_eval(run_dir: Path) -> dict:
@@ -83,6 +93,8 @@ def table(old: dict, new: dict) -> str:
     lines.append(f"| other (setup, checkpoints) | {other(old):.1f} | {other(new):.1f} | |")
     lines.append(f"| **total (process wall)** | {old['wall']:.1f} | {new['wall']:.1f} | "
                  f"**{old['wall'] / new['wall']:.2f}** |")
+    lines.append(f"| total CPU time (process) | {old['cpu']:.1f} | {new['cpu']:.1f} | "
+                 f"{old['cpu'] / new['cpu']:.2f} |")
     return "\n".join(lines)
 
 
