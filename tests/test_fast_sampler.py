@@ -203,6 +203,7 @@ def test_auto_picks_fast_for_the_embedded_model_and_refuses_unsupported_models()
     model = llama()
     assert engines.engine_for(RunConfig(), model) == "fast"
     assert engines.engine_for(RunConfig(model="some/dir"), model) == "hf"
+    assert engines.engine_for(RunConfig(fsdp=True), model) == "hf"
     assert engines.engine_for(RunConfig(rollout_engine="hf"), model) == "hf"
     assert isinstance(make_engine("fast", tok, model), FastSampler)
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -84,12 +84,14 @@ ENGINES = {"fast": _fast, "hf": _hf, "vllm": _vllm}  # --rollout-engine NAME →
 
 def engine_for(cfg, model) -> str:
     """The engine ``--rollout-engine`` names; ``auto``: ``fast`` for the embedded base model (no
-    ``--model``) when it supports the model, else ``hf`` (``generate``, the reference path)."""
+    ``--model``, not ``--fsdp``: the fast loop calls the model's submodules, which FSDP unshards
+    only through the layers' own forward) when it supports the model, else ``hf``
+    (``generate``, the reference path)."""
     if cfg.rollout_engine != "auto":
         return cfg.rollout_engine
     from .fast import UnsupportedModel, decoder_of
 
-    if cfg.model:
+    if cfg.model or cfg.fsdp:
         return "hf"
     try:
         decoder_of(model)
@@ -115,6 +117,9 @@ def make_sampler(cfg, model, tok, model_path: str) -> SeededSampler:
     kind = engine_for(cfg, model)
     if kind not in ENGINES:
         raise ValueError(f"--rollout-engine must be one of {tuple(ENGINES)}, got {kind!r}")
+    if kind == "fast" and cfg.fsdp:
+        raise SystemExit("--rollout-engine fast does not run on an FSDP-sharded model; "
+                         "use --rollout-engine hf (or auto) with --fsdp")
     from .vllm_engine import is_peft
 
     engine = make_engine(kind, tok, model, model_path, seed=cfg.seed, autocast=cfg.dtype,
