@@ -1,11 +1,15 @@
-"""Rollout throughput: HF ``generate`` (``HFSampler``) vs vLLM (``VLLMSampler``) on the same
-model and prompts, in one run. Run it in the vLLM environment:
+"""Rollout throughput: HF ``generate`` (``HFSampler``, the reference) vs the fast engine
+(``FastSampler``: static KV cache, batched decode loop) vs vLLM (``VLLMSampler``, when vLLM is
+importable) on the same model and prompts, in one run:
 
-    .venv-vllm/bin/python benchmarks/rollout_throughput.py                # tiny model from a config
+    python benchmarks/rollout_throughput.py --threads 1                   # HF vs fast
+    .venv-vllm/bin/python benchmarks/rollout_throughput.py                # + vLLM (its environment)
+    python benchmarks/rollout_throughput.py --model embedded              # the embedded base model
     .venv-vllm/bin/python benchmarks/rollout_throughput.py --hidden 256 --prompts 64
     .venv-vllm/bin/python benchmarks/rollout_throughput.py --model path/to/hf-model-dir
 
-Without ``--model`` the model is the embedded base's architecture (char tokenizer) built from a
+``--model embedded`` is the (built and cached) embedded base model, whose completions end
+early as in training. Without ``--model`` the model is the embedded base's architecture (char tokenizer) built from a
 config at random initialisation (``--hidden/--layers/--heads``; head size must be one vLLM's CPU
 attention supports, e.g. 32): an untrained model rarely stops early, so both engines generate
 about ``max_new_tokens`` per sample. Both engines sample ``prompts × n`` completions at temperature 1 with the same seeds; the timed
@@ -23,13 +27,13 @@ import time
 import torch
 
 from training import base, policy, task
+from training.rollout.fast import FastSampler
 from training.rollout.hf import HFSampler
-from training.rollout.vllm_engine import VLLMSampler, model_state_for_vllm, save_model_dir
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="", help="local HF model dir; empty = built from a config")
+    ap.add_argument("--model", default="", help="local HF model dir; 'embedded' = the embedded base; empty = built from a config")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--heads", type=int, default=4)
@@ -75,7 +79,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory(prefix="upge-vllm-bench-")
-    path = args.model or config_model(args, os.path.join(tmp.name, "model"))
+    path = (str(base.ensure_base()) if args.model == "embedded"
+            else args.model or config_model(args, os.path.join(tmp.name, "model")))
     tok = policy.load_tokenizer(path)
     model = policy.load_model(path).eval()
     prompts = [base.prompt_ids(tok, [{"role": "user", "content": p.prompt}])
@@ -84,11 +89,28 @@ def main(argv=None) -> None:
     print(f"model {path} ({n_params / 1e6:.2f} M params), {args.prompts} prompts x {args.n} samples,"
           f" <= {args.max_new_tokens} new tokens, torch threads {torch.get_num_threads()}")
 
-    hf_sec, hf_tok = timed_rollouts(HFSampler(model, tok.eos_token_id, tok.pad_token_id),
-                                    prompts, args)
-    rows = [dict(engine="hf", startup=0.0, sync=0.0, sec=hf_sec, tokens=hf_tok)]
+    rows = []
+    for name, engine in (("hf", HFSampler), ("fast", FastSampler)):
+        sec, tokens = timed_rollouts(engine(model, tok.eos_token_id, tok.pad_token_id), prompts, args)
+        rows.append(dict(engine=name, startup=0.0, sync=0.0, sec=sec, tokens=tokens))
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        print("vLLM is not importable here: HF and fast only (run in the vLLM environment for vLLM)")
+    else:
+        rows.append(vllm_row(model, tok, prompts, args, tmp.name))
+    tmp.cleanup()
+    print(table(rows))
+    rate = {r["engine"]: r["tokens"] / r["sec"] for r in rows}
+    for name in rate:
+        if name != "hf":
+            print(f"{name} / hf tokens/s: {rate[name] / rate['hf']:.2f}x")
 
-    engine_dir = save_model_dir(model, tok, os.path.join(tmp.name, "engine"))
+
+def vllm_row(model, tok, prompts, args, tmp: str) -> dict:
+    from training.rollout.vllm_engine import VLLMSampler, model_state_for_vllm, save_model_dir
+
+    engine_dir = save_model_dir(model, tok, os.path.join(tmp, "engine"))
     vs = VLLMSampler(str(engine_dir), eos_id=tok.eos_token_id, pad_id=tok.pad_token_id)
     t0 = time.perf_counter()
     vs.llm  # noqa: B018  (builds the engine)
@@ -98,11 +120,7 @@ def main(argv=None) -> None:
     sync = time.perf_counter() - t0
     v_sec, v_tok = timed_rollouts(vs, prompts, args)
     vs.close()
-    tmp.cleanup()
-    rows.append(dict(engine="vllm", startup=startup, sync=sync, sec=v_sec, tokens=v_tok))
-    print(table(rows))
-    ratio = (v_tok / v_sec) / (hf_tok / hf_sec)
-    print(f"vLLM / HF tokens/s: {ratio:.2f}x")
+    return dict(engine="vllm", startup=startup, sync=sync, sec=v_sec, tokens=v_tok)
 
 
 if __name__ == "__main__":  # vLLM's engine process may re-import this module (spawn)

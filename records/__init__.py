@@ -99,6 +99,8 @@ Metric names (namespaced; defined here once and used everywhere):
 ``grad/pass_rate/<level>``        pass rate p of the level's rollouts this step
 ``data/demos_truncated``          demonstrations cut to max_new_tokens so far (running count)
 ``eval/accuracy``                 held-out avg@k over all levels
+``eval/ci95``                     half-width of the 95 % CI of ``eval/accuracy`` (stratified by
+                                  level: training/evaluation/heldout.py)
 ``eval/accuracy/<level>``         held-out avg@k per level or benchmark
 ``eval/pass@<k>``                 held-out unbiased pass@k
 ``time/step_seconds``             wall time of the step
@@ -163,6 +165,7 @@ GRAD_PASS_RATE = "grad/pass_rate/"
 DATA_DEMOS_TRUNCATED = "data/demos_truncated"
 EVAL_PREFIX = "eval/"  # every held-out evaluation key starts with it
 EVAL_ACCURACY = "eval/accuracy"
+EVAL_CI95 = "eval/ci95"
 STEP_SECONDS = "time/step_seconds"
 
 

@@ -53,7 +53,7 @@ def test_per_prompt_seeding_equals_one_call_per_prompt(tiny):
     assert lps == [lp[0] for _, lp in each]  # the sampler's log-probs travel with the completions
     assert SeededSampler(engine).generate(prompts, 2, 1.0, 1.0, 6, seed=5) == engine.generate(
         prompts, 2, 1.0, 1.0, 6, 5)
-    with pytest.raises(ValueError, match="--rollout-engine must be one of .'hf', 'vllm'., got 'tgi'"):
+    with pytest.raises(ValueError, match="--rollout-engine must be one of .'fast', 'hf', 'vllm'., got 'tgi'"):
         make_engine("tgi", tok, model)
 
 

@@ -32,6 +32,7 @@ The loop (the paper's Algorithm 1)
 Rollout engines (``rollout/``)
     ``engines``      `make_engine` (one factory for training and evaluation), `make_sampler`
     ``hf``, ``vllm_engine``   HF ``generate`` and vLLM; ``prompts``: templates, stop tokens
+    ``fast``         small models: static KV cache, batched decode loop (the embedded default's)
 
 Data and rewards
     ``task``         the built-in arithmetic task; ``base``: the embedded tiny base model

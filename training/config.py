@@ -114,7 +114,7 @@ class RunConfig:
     attn_implementation: str = _f("auto", "attention kernel: auto (CUDA: FlashAttention 2 when flash_attn is installed, else sdpa; CPU: eager, bit-reproducible on resume) | sdpa | eager | flash_attention_2")
     gradient_checkpointing: bool = _f(False, "recompute decoder-layer activations in the backward pass (less activation memory, about a third more compute)")
     fsdp: bool = _f(False, "shard parameters, gradients and optimizer state over the ranks with FSDP2 (torch fully_shard); full-parameter GRPO-family/SFT/HPT runs under torchrun/accelerate")
-    rollout_engine: str = _f("hf", "rollout engine: hf (model.generate) | vllm (training.rollout.vllm_engine)")
+    rollout_engine: str = _f("auto", "rollout engine: auto (fast for the embedded base model, else hf) | fast (static KV cache, batched decode loop: training.rollout.fast) | hf (model.generate) | vllm (training.rollout.vllm_engine)")
     tis_cap: float = _f(2.0, "truncated importance sampling cap when the engine returns behaviour log-probs")
     rollout_correction: str = _f("", "off-policy correction of rollouts whose sampler log-probs differ from the trainer's "
                                      "(TRL's vllm_importance_sampling_mode names): token_truncate (TIS) | token_mask (MIS) | "
@@ -244,7 +244,7 @@ ALLOWED: dict[str, Any] = {
     "fsdp": FLAG,
     "attn_implementation": OneOf(("auto", "sdpa", "eager", "flash_attention_2")),
     "gradient_checkpointing": FLAG,
-    "rollout_engine": OneOf(("hf", "vllm")),
+    "rollout_engine": OneOf(("auto", "fast", "hf", "vllm")),
     "tis_cap": POSITIVE,
     "rollout_correction": OneOf(("", "none", *estimators.parts.ROLLOUT_CORRECTIONS)),
     "tis_floor": AT_LEAST_0,

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="chat template only: none | file (the data file's system message, LUFFY's) | any text")
     a("--chat-template", default=None, help="a Jinja chat-template file for a tokenizer that has none")
     a("--reward", default=None, help="module:function reward (TRL signature); default: training.grading")
-    a("--rollout-engine", default="hf", choices=tuple(ENGINES), help="hf (transformers generate) | vllm")
+    a("--rollout-engine", default="hf", choices=tuple(ENGINES), help="hf (transformers generate) | fast (static KV cache, small models) | vllm")
     a("--device", default="auto", help="auto | cpu | cuda | cuda:N (hf engine)")
     a("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
       help="model dtype (auto: bfloat16 on GPU, float32 on CPU)")
@@ -355,9 +355,10 @@ def evaluate(args, log=print) -> dict:
     if limit and args.max_new_tokens > limit:
         log(f"warning: --max-new-tokens {args.max_new_tokens} exceeds the model's "
             f"max_position_embeddings {limit} (HPT/LUFFY edit it to 16384 for Qwen2.5-Math)")
-    model = load_model(path, device, args.dtype) if args.rollout_engine == "hf" else None
+    on_model = args.rollout_engine != "vllm"  # hf and fast sample with the loaded model itself
+    model = load_model(path, device, args.dtype) if on_model else None
     engine = make_engine(args.rollout_engine, tok, model, path, **engine_options(args, device, stops))
-    stops = set(stops if args.rollout_engine == "hf" else templates.stop_ids(tok))
+    stops = set(stops if on_model else templates.stop_ids(tok))
     out = Path(args.out) if args.out else _default_out(args.model)
     writer = records.RunWriter(out)
     ns = {b: args.n or bm.BENCHMARKS[b].paper_n for b in names}

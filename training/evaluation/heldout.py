@@ -3,6 +3,12 @@
 pass@k (Chen et al. 2021, arXiv 2107.03374) from n samples with c correct is
 `records.passk.pass_at_k` (the stable product form 1 − Π_{i=n−c+1..n} (1 − k/i)), at
 k = 1, 2, 4, … and n (`records.passk.ks_powers_of_two_and_n`).
+
+Every row also carries ``ci95``, the half-width of its 95 % confidence interval (1.96 standard
+errors over problems). The held-out split has a fixed number of problems per level (a
+stratified sample), so the 'all' row's standard error is the stratified one,
+√(Σ_l (n_l/N)² s_l²/n_l), which leaves out the spread *between* levels that the design fixes;
+a single level's is the plain standard error. ``eval/ci95`` is the avg@k row's.
 """
 from __future__ import annotations
 
@@ -37,11 +43,12 @@ class EvalResult:
                 groups.setdefault(str(lv), []).append(i)
         n = len(self.correct[0]) if self.correct else 0
         for level, idx in groups.items():
-            avg = [sum(self.correct[i]) / n for i in idx]
-            out.append(_row(step, benchmark, level, "avg@k", n, avg))
+            strata = [idx] if level != "all" else [v for lv, v in groups.items() if lv != "all"]
+            avg = {i: sum(self.correct[i]) / n for i in idx}
+            out.append(_row(step, benchmark, level, "avg@k", n, avg, strata))
             for k in ks_powers_of_two_and_n(n):
-                pk = [pass_at_k(n, int(sum(self.correct[i])), k) for i in idx]
-                out.append(_row(step, benchmark, level, "pass@k", k, pk))
+                pk = {i: pass_at_k(n, int(sum(self.correct[i])), k) for i in idx}
+                out.append(_row(step, benchmark, level, "pass@k", k, pk, strata))
         return out
 
     def metrics(self) -> dict:
@@ -51,14 +58,25 @@ class EvalResult:
             if r["metric"] == "avg@k":
                 key = records.EVAL_ACCURACY if r["level"] == "all" else records.eval_accuracy_key(r["level"])
                 out[key] = r["value"]
+                if r["level"] == "all":
+                    out[records.EVAL_CI95] = r["ci95"]
             elif r["level"] == "all":
                 out[records.eval_passk_key(r["k"])] = r["value"]
         return out
 
 
-def _row(step, benchmark, level, metric, k, values) -> dict:
+def _row(step, benchmark, level, metric, k, per_problem: dict, strata: list) -> dict:
+    values = list(per_problem.values())
     return {"step": step, "benchmark": benchmark, "level": level, "metric": metric, "k": k,
-            "value": sum(values) / len(values), "stderr": stderr(values), "n": len(values)}
+            "value": sum(values) / len(values), "stderr": stderr(values), "n": len(values),
+            "ci95": 1.96 * stratified_stderr([[per_problem[i] for i in s] for s in strata])}
+
+
+def stratified_stderr(strata: list[list[float]]) -> float:
+    """Standard error of the mean over every value of ``strata`` when each stratum's size is
+    fixed by design: √(Σ_l (n_l/N)² s_l²/n_l) (nan when a stratum has fewer than two values)."""
+    N = sum(map(len, strata))
+    return math.sqrt(sum((len(s) / N) ** 2 * stderr(s) ** 2 for s in strata))
 
 
 def evaluate(sampler, tok, problems: list, reward_fn, k: int, temperature: float, top_p: float,

@@ -71,12 +71,40 @@ def _vllm(tok, model, model_path, *, seed=0, lora_rank=0, dtype="float32", engin
                        lora_rank=lora_rank, seed=seed, engine_kwargs=engine_kwargs or {})
 
 
-ENGINES = {"hf": _hf, "vllm": _vllm}  # --rollout-engine NAME → factory
+def _fast(tok, model, model_path, *, max_batch=1024, stop_ids=None, autocast="float32", **_):
+    from ..precision import compute_dtype
+    from .fast import FastSampler
+
+    return FastSampler(model, tok.eos_token_id, tok.pad_token_id, max_batch=max_batch,
+                       stop_ids=stop_ids, autocast=compute_dtype(autocast))
+
+
+ENGINES = {"fast": _fast, "hf": _hf, "vllm": _vllm}  # --rollout-engine NAME → factory
+
+
+def engine_for(cfg, model) -> str:
+    """The engine ``--rollout-engine`` names; ``auto``: ``fast`` for the embedded base model (no
+    ``--model``, not ``--fsdp``: the fast loop calls the model's submodules, which FSDP unshards
+    only through the layers' own forward) when it supports the model, else ``hf``
+    (``generate``, the reference path)."""
+    if cfg.rollout_engine != "auto":
+        return cfg.rollout_engine
+    from .fast import UnsupportedModel, decoder_of
+
+    if cfg.model or cfg.fsdp:
+        return "hf"
+    try:
+        decoder_of(model)
+    except UnsupportedModel:
+        return "hf"
+    return "fast"
 
 
 def make_engine(kind: str, tok, model=None, model_path: Optional[str] = None, **options):
     """The rollout engine ``kind``, for training and evaluation alike: ``hf`` samples with
-    ``model.generate`` on ``model`` itself (options ``max_batch``, ``stop_ids``); ``vllm`` builds
+    ``model.generate`` on ``model`` itself (options ``max_batch``, ``stop_ids``); ``fast`` with
+    the static-KV-cache loop of `training.rollout.fast` on ``model`` itself (options
+    ``max_batch``, ``stop_ids``, ``autocast``: a ``--dtype`` name); ``vllm`` builds
     an engine from ``model_path`` (options ``seed``, ``lora_rank``, ``dtype``, ``engine_kwargs``)."""
     if kind not in ENGINES:
         raise ValueError(f"--rollout-engine must be one of {tuple(ENGINES)}, got {kind!r}")
@@ -84,13 +112,17 @@ def make_engine(kind: str, tok, model=None, model_path: Optional[str] = None, **
 
 
 def make_sampler(cfg, model, tok, model_path: str) -> SeededSampler:
-    """The run's rollout engine on the training model (HF) or its starting weights (vLLM; a
-    LoRA policy syncs its adapter), seeded per prompt when ``--seed-per-prompt``."""
-    if cfg.rollout_engine not in ENGINES:
-        raise ValueError(f"--rollout-engine must be one of {tuple(ENGINES)}, got {cfg.rollout_engine!r}")
+    """The run's rollout engine (`engine_for`) on the training model (HF, fast) or its starting
+    weights (vLLM; a LoRA policy syncs its adapter), seeded per prompt when ``--seed-per-prompt``."""
+    kind = engine_for(cfg, model)
+    if kind not in ENGINES:
+        raise ValueError(f"--rollout-engine must be one of {tuple(ENGINES)}, got {kind!r}")
+    if kind == "fast" and cfg.fsdp:
+        raise SystemExit("--rollout-engine fast does not run on an FSDP-sharded model; "
+                         "use --rollout-engine hf (or auto) with --fsdp")
     from .vllm_engine import is_peft
 
-    engine = make_engine(cfg.rollout_engine, tok, model, model_path, seed=cfg.seed,
+    engine = make_engine(kind, tok, model, model_path, seed=cfg.seed, autocast=cfg.dtype,
                          lora_rank=cfg.lora_r if is_peft(model) else 0)
     return SeededSampler(engine, per_prompt=cfg.seed_per_prompt)
 
