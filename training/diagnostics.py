@@ -211,9 +211,11 @@ class StepDiagnostics:
         trcov = sum((N * A - gs2) / (K - 1) for A, N, K, gs2 in strata)  # N_s · tr Σ_s
         mean_sq = g2 - trcov
         N = sum(N for _, N, _, _ in strata)
-        self.out.update({records.GRAD_NOISE_TRCOV: trcov, records.GRAD_MEAN_SQ: mean_sq,
-                         records.GRAD_SNR: mean_sq / trcov if trcov else math.inf,
-                         records.GRAD_NOISE_SCALE: N * trcov / mean_sq if mean_sq else math.inf})
+        self.out.update({records.GRAD_NOISE_TRCOV: trcov, records.GRAD_MEAN_SQ: mean_sq})
+        if trcov:   # a ratio with a zero estimate below it is undefined: not logged (never ±inf)
+            self.out[records.GRAD_SNR] = mean_sq / trcov
+        if mean_sq:  # e.g. two units, one with a zero gradient: ‖E g‖² estimated as exactly 0
+            self.out[records.GRAD_NOISE_SCALE] = N * trcov / mean_sq
 
     def _split(self, dist, reduce_, per_pass: bool) -> tuple[float, float]:
         """‖g_sft‖, ‖g_rl‖ and their cosine, g_rl = g − g_sft; returns (‖g_sft‖², ‖g_rl‖²)."""
