@@ -2,6 +2,7 @@
 
     python -m probes.variance --run runs/<id> [--steps 0,40 | --checkpoints all] --estimators all
     python -m probes.variance --model PATH --data FILE --estimators grpo,rloo
+    python -m probes.variance --run runs/<id> --steps 40,80 --stale 1,10 --estimators grpo,seq_is
 
 For each checkpoint (a run's ``checkpoints/step-N``, full-parameter or a LoRA adapter; with
 ``--model`` the model itself) this loads the policy, takes the run's first ``--prompts`` training
@@ -39,10 +40,25 @@ Columns (per checkpoint × estimator; ĝ_u the M updates, m their mean):
 * ``E[cos]``    mean_u cos(ĝ_u, g*);  ``clip_frac`` fraction of trained tokens whose stabilisation
                 mask is not 1 (0 on-policy: the probe evaluates at θ = θ_old)
 
+Stale rows (``--stale K[,K2..]``, runs only): at each measured step s the estimators are measured
+again on a pool sampled from the run's checkpoint of step s − K (step 0: the initial model), as a
+trainer whose sampler lags K steps sees it: π_θold = that checkpoint (its log-probs of the rows),
+while π_θ, the gradient, π_ref, the critic and the reference g* (fresh rollouts at s) stay at step
+s, so every estimator sees the real ratios π_θ/π_θold. The stale pool is drawn by the same seeded
+call as the fresh one (equal weights give the same rollouts and the same rows). Beside the columns
+above (``clip_frac`` now counts real clipping) each stale row has, estimated over the stale pool's
+rollouts: ``KL`` = KL(π_old‖π_θ) (mean sequence log-ratio), ``max_rho`` (largest token ratio),
+``ESS`` = 1/E_old[ρ_seq²] (self-normalised: (mean ρ_seq)²/mean ρ_seq²), mean over prompts; the
+setting ends in ``stale=K``. Under ``--stale`` the estimators may also be the testbeds'
+off-policy probes (`registry.stale`): ``ppo[eps=0.2]``, ``ppo[eps=0.05]``, ``token_is``, ``seq_is``
+(sequence-level IS, unbiased under staleness), ``tis[C=2]``; ``all`` adds them. A missing step
+s − K is an error naming it and listing the available ones; ``--model`` (one model) refuses
+``--stale``.
+
 Standard errors: delete-one jackknife over the updates plus over the reference chunks (the two
 are independent, so the variances add), computed from the Gram matrix of all group and chunk
 gradients. Results are tidy records ``probes/variance.jsonl`` under the run (setting
-``step=N,G=..,N=..``) or under ``--out`` for ``--model``; every check runs before any work and
+``step=N,G=..,N=..``; stale rows ``..,stale=K``) or under ``--out`` for ``--model``; every check runs before any work and
 the rows are written in one append once every checkpoint is measured.
 """
 from __future__ import annotations
