@@ -311,6 +311,23 @@ def test_stale_rows_from_an_earlier_checkpoint_see_real_ratios(tiny_base, tmp_pa
     assert got["seq_is"]["scale"] != on["seq_is"]["scale"]
 
 
+def test_stale_cli_prints_and_records_the_stale_rows(tiny_base, tmp_path, threads):
+    run_dir = make_run(tmp_path, tiny_base, "stale-cli", steps=(10,))
+    save_nearby(run_dir, tiny_base, 10, 11, 0.02)
+    rc, out, err = cli("--run", str(run_dir), "--steps", "11", "--stale", "1", "--estimators", "rloo,ppo[eps=0.2]",
+                       "--G", "2", "--updates", "3", "--prompts", "2", "--ref", "6", "--ref-chunks", "3")
+    assert rc == 0, err
+    assert "step=11, stale=1 (rollouts from step 10): KL(old‖new) = " in out and "clip_frac" in out
+    rows, notes = records.read_probes(run_dir, records.PROBE_VARIANCE)
+    assert not notes
+    stale = {(r["estimator"], r["metric"]): r for r in rows if r["setting"].endswith(",stale=1")}
+    fresh = {(r["estimator"], r["metric"]) for r in rows if "stale=" not in r["setting"]}
+    want = {(e, m) for e in ("rloo", "ppo[eps=0.2]") for m in runs.COLUMNS}
+    assert set(stale) == want | {(e, m) for e in ("rloo", "ppo[eps=0.2]") for m in runs.STALE_COLUMNS}
+    assert want <= fresh and stale[("rloo", "KL")]["value"] > 0
+    assert stale[("rloo", "KL")]["setting"].startswith("step=11,G=2,")
+
+
 def test_stale_needs_the_earlier_checkpoint_and_a_run(tiny_base, tmp_path):
     run_dir = make_run(tmp_path, tiny_base, "stale-missing", steps=(10, 20))
     rc, _, err = cli("--run", str(run_dir), "--steps", "10,20", "--stale", "10,5", "--estimators", "rloo")
