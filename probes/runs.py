@@ -58,8 +58,8 @@ s − K is an error naming it and listing the available ones; ``--model`` (one m
 Standard errors: delete-one jackknife over the updates plus over the reference chunks (the two
 are independent, so the variances add), computed from the Gram matrix of all group and chunk
 gradients. Results are tidy records ``probes/variance.jsonl`` under the run (setting
-``step=N,G=..,N=..``; stale rows ``..,stale=K``) or under ``--out`` for ``--model``; every check runs before any work and
-the rows are written in one append once every checkpoint is measured.
+``step=N,G=..,N=..``; stale rows ``..,stale=K``) or under ``--out`` for ``--model``; every check
+runs before any work and the rows are written in one append once every checkpoint is measured.
 """
 from __future__ import annotations
 
@@ -761,8 +761,11 @@ def run_probe(src: Source, o: RunOptions, log=lambda s: None) -> dict:
         tr_g = float(((ref.double() - g) ** 2).sum()) / (len(ref) - 1) / len(ref)
         log(f"{label}: pool sampled, reference ‖g*‖={float(g.norm()):.4g} ({time.time() - t0:.1f} s)")
         P = len(pool.prompts)
-        measure_all = lambda ms, tag: [measured(ms, name, probed_estimator(name, src.max_new_tokens, P, R, G),  # noqa: E731
-                                                ref, R, f"{label}{tag}", log) for name in names]
+
+        def measure_all(ms: Measurer, tag: str) -> list:
+            return [measured(ms, name, probed_estimator(name, src.max_new_tokens, P, R, G), ref, R,
+                             f"{label}{tag}", log) for name in names]
+
         rows = measure_all(meas, "")
         stale = []
         for K in o.stale:
@@ -857,8 +860,8 @@ def format_table(res: dict) -> str:
             lines.append(f"{name:14s}{cells}  {'yes' if vals['bias_sig'] else 'no'}")
         for sr in cr.stale:
             e = sr.extras
-            lines += ["", f"{cr.label}, stale={sr.K} (rollouts from step {sr.old_step}): KL(old‖new) = {e['KL']:.3g}, "
-                          f"max ρ = {e['max_rho']:.3g}, ESS = {e['ESS']:.3g}",
+            lines += ["", f"{cr.label}, stale={sr.K} (rollouts from step {sr.old_step}): "
+                          f"KL(old‖new) = {e['KL']:.3g}, max ρ = {e['max_rho']:.3g}, ESS = {e['ESS']:.3g}",
                       f"{'estimator':14s}" + "".join(f"{c:>20s}" for c in cols) + f"{'clip_frac':>11s}  bias?"]
             for name, vals, se, m in sr.rows:
                 cells = "".join(f"{_pm(vals[c], se.get(c)):>20s}" for c in cols)

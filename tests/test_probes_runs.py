@@ -331,7 +331,8 @@ def test_stale_cli_prints_and_records_the_stale_rows(tiny_base, tmp_path, thread
 def test_stale_needs_the_earlier_checkpoint_and_a_run(tiny_base, tmp_path):
     run_dir = make_run(tmp_path, tiny_base, "stale-missing", steps=(10, 20))
     rc, _, err = cli("--run", str(run_dir), "--steps", "10,20", "--stale", "10,5", "--estimators", "rloo")
-    assert rc == 2 and "--stale 10,5" in err and "no checkpoint of step(s) 5, 15 " in err   # 10 − 10 = 0: the initial model
+    # 10 − 10 = 0 is the initial model: only 5 and 15 are missing
+    assert rc == 2 and "--stale 10,5" in err and "no checkpoint of step(s) 5, 15 " in err
     assert "step=10 needs 5, step=20 needs 15" in err and "available: 0, 10, 20" in err
     assert not (run_dir / records.PROBES_DIR).exists()
     data = tmp_path / "rows.jsonl"
