@@ -725,7 +725,8 @@ def stale_steps(src: Source, o: RunOptions) -> None:
                          if s - K not in src.available)
         raise ProbeInputError(f"--stale {','.join(map(str, o.stale))}: {src.run_dir} has no checkpoint of "
                               f"step(s) {', '.join(map(str, missing))} ({need}); available: "
-                              f"{', '.join(map(str, sorted(src.available)))} (0 = the initial model)")
+                              f"{', '.join(map(str, sorted(src.available)))} (0 = the initial model); "
+                              "give --steps whose step − K is among them")
 
 
 def run_probe(src: Source, o: RunOptions, log=lambda s: None) -> dict:
