@@ -2,6 +2,7 @@
 
     python -m probes.variance --run runs/<id> [--steps 0,40 | --checkpoints all] --estimators all
     python -m probes.variance --model PATH --data FILE --estimators grpo,rloo
+    python -m probes.variance --run runs/<id> --steps 40,80 --stale 1,10 --estimators grpo,seq_is
 
 For each checkpoint (a run's ``checkpoints/step-N``, full-parameter or a LoRA adapter; with
 ``--model`` the model itself) this loads the policy, takes the run's first ``--prompts`` training
@@ -39,16 +40,33 @@ Columns (per checkpoint × estimator; ĝ_u the M updates, m their mean):
 * ``E[cos]``    mean_u cos(ĝ_u, g*);  ``clip_frac`` fraction of trained tokens whose stabilisation
                 mask is not 1 (0 on-policy: the probe evaluates at θ = θ_old)
 
+Stale rows (``--stale K[,K2..]``, runs only): at each measured step s the estimators are measured
+again on a pool sampled from the run's checkpoint of step s − K (step 0: the initial model), as a
+trainer whose sampler lags K steps sees it: π_θold = that checkpoint (its log-probs of the rows),
+while π_θ, the gradient, π_ref, the critic and the reference g* (fresh rollouts at s) stay at step
+s, so every estimator sees the real ratios π_θ/π_θold. The stale pool is drawn by the same seeded
+call as the fresh one (equal weights give the same rollouts and the same rows). Beside the columns
+above (``clip_frac`` now counts real clipping) each stale row has, estimated over the stale pool's
+rollouts: ``KL`` = KL(π_old‖π_θ) (mean sequence log-ratio), ``max_rho`` (largest token ratio),
+``ESS`` = 1/E_old[ρ_seq²] (self-normalised: (mean ρ_seq)²/mean ρ_seq²), mean over prompts; the
+setting ends in ``stale=K``. Under ``--stale`` the estimators may also be the testbeds'
+off-policy probes (`registry.stale`): ``ppo[eps=0.2]``, ``ppo[eps=0.05]``, ``token_is``, ``seq_is``
+(sequence-level IS, unbiased under staleness), ``tis[C=2]``; ``all`` adds them. A missing step
+s − K is an error naming it and listing the available ones; ``--model`` (one model) refuses
+``--stale``.
+
 Standard errors: delete-one jackknife over the updates plus over the reference chunks (the two
 are independent, so the variances add), computed from the Gram matrix of all group and chunk
 gradients. Results are tidy records ``probes/variance.jsonl`` under the run (setting
-``step=N,G=..,N=..``) or under ``--out`` for ``--model``; every check runs before any work and
-the rows are written in one append once every checkpoint is measured.
+``step=N,G=..,N=..``; stale rows ``..,stale=K``) or under ``--out`` for ``--model``; every check
+runs before any work and the rows are written in one append once every checkpoint is measured.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +108,7 @@ class RunOptions:
     trcov: str = "updates"         # "groups": per-group gradients, tr Cov from independent groups
     micro_batch: int = 64          # rows per forward/backward
     dtype: torch.dtype = torch.float32
+    stale: tuple = ()              # K: rows whose rollouts come from the checkpoint K steps earlier
 
     def groups_per_prompt(self, G: int) -> int:
         return (self.budget or G) // G
@@ -116,6 +135,7 @@ class Source:
     n: int = 8
     run_dir: Optional[Path] = None
     data: str = ""
+    available: Optional[dict] = None    # a run's {step: checkpoint dir (None: the initial model)}
 
 
 def run_source(run_dir, steps: str = "all", P: int = 8) -> Source:
@@ -148,7 +168,7 @@ def run_source(run_dir, steps: str = "all", P: int = 8) -> Source:
                   [(f"step={s}", s, available[s]) for s in chosen], examples, reward_of(cfg),
                   cfg.get("prompt_template", "chat"), cfg.get("max_prompt_tokens", 0),
                   cfg.get("temperature", 1.0), cfg.get("top_p", 1.0), cfg.get("max_new_tokens", 48),
-                  cfg.get("n", 8), run_dir)
+                  cfg.get("n", 8), run_dir, available=available)
 
 
 def _choose_steps(steps: str, available: dict, run_dir: Path) -> list:
@@ -293,23 +313,42 @@ def without_entropy(est):
     return est.replace(entropy_coef=0.0) if est.entropy_coef else est
 
 
-def probed_estimator(name: str, max_new_tokens: int):
-    """Preset ``name`` as the run trained it (constant normalisers at the run's response
-    length), without entropy bonus."""
+def off_policy_probes() -> dict:
+    """The testbeds' off-policy family (`registry.stale`) that is not a preset, by name without
+    its ``K=``: ``ppo[eps=0.2]``, ``ppo[eps=0.05]``, ``token_is``, ``seq_is`` (sequence-level IS,
+    the unbiased reference), ``tis[C=2]``; each is RLOO exactly at θ = θ_old."""
+    out = {}
+    for p in Rg.stale(0):
+        name = p.name.replace(",K=0]", "]").replace("[K=0]", "")
+        if name not in estimators.PRESETS:
+            out[name] = dataclasses.replace(p, name=name, stale=0)
+    return out
+
+
+def probe_of(name: str) -> Rg.Probe:
+    """The registry probe of a preset or of an off-policy probe name (its unit, its Batch hook)."""
+    return off_policy_probes().get(name) or Rg.Probe(name, Rg.preset(name))
+
+
+def probed_estimator(name: str, max_new_tokens: int, P: int = 1, R: int = 1, G: int = 2):
+    """Preset (or off-policy probe) ``name`` as the run trained it (constant normalisers at the
+    run's response length), without entropy bonus."""
     from training.stages import scale_constants
 
-    return without_entropy(scale_constants(estimators.get(name), max_new_tokens))
+    return without_entropy(scale_constants(probe_of(name).estimator(P, R, G), max_new_tokens))
 
 
-def select(names: str) -> list:
-    """``all`` (every preset) or a comma list of preset names; unknown → `ProbeInputError`."""
+def select(names: str, stale: bool = False) -> list:
+    """``all`` (every preset; with ``stale`` also the off-policy probes) or a comma list of
+    preset / off-policy probe names; unknown → `ProbeInputError`."""
+    extra = sorted(off_policy_probes())
     if names == "all":
-        return sorted(estimators.PRESETS)
-    out = [n.strip() for n in names.split(",") if n.strip()]
-    bad = [n for n in out if n not in estimators.PRESETS]
+        return sorted(estimators.PRESETS) + (extra if stale else [])
+    out = [n.strip() for n in re.split(r",(?![^\[]*\])", names) if n.strip()]
+    bad = [n for n in out if n not in estimators.PRESETS and n not in extra]
     if bad or not out:
         raise ProbeInputError(f"--estimators: unknown preset(s) {', '.join(bad) or names!r}; valid: all, "
-                              f"{', '.join(sorted(estimators.PRESETS))}")
+                              f"{', '.join(sorted(estimators.PRESETS))} (off-policy probes: {', '.join(extra)})")
     return out
 
 
@@ -387,14 +426,19 @@ class Measured:
 
 class Measurer:
     """Gradients of one checkpoint's policy: the pool, π_ref and the value head are fixed.
-    Log-probs of every pool row are scored once (no grad) and shared by every estimator."""
+    Log-probs of every pool row are scored once (no grad) and shared by every estimator.
+    With ``old_model`` (stale rows: the pool was sampled from it) π_θold is that policy's
+    log-probs of the rows; without, π_θold = π_θ (on-policy)."""
 
-    def __init__(self, model, ref_model, value_head, tok, src: Source, pool: Pool, o: RunOptions, G: int):
+    def __init__(self, model, ref_model, value_head, tok, src: Source, pool: Pool, o: RunOptions, G: int,
+                 old_model=None):
         self.model, self.ref_model, self.value_head, self.tok = model, ref_model, value_head, tok
         self.src, self.pool, self.o, self.G = src, pool, o, G
+        self.old_model = old_model
         self.params = trainable(model)
         self.R = o.groups_per_prompt(G)
         self._logp: dict = {}
+        self._logp_old: dict = {}
 
     @property
     def D(self) -> int:
@@ -422,35 +466,44 @@ class Measurer:
 
     def logp(self, prompts, resp) -> Tensor:
         """[B, T] log π_θ of the rows (cached per (prompt, response)), right-padded with 0."""
-        todo = [i for i, key in enumerate(zip(map(tuple, prompts), resp)) if key not in self._logp]
+        return self._scored(self.model, self._logp, prompts, resp)
+
+    def logp_old(self, prompts, resp) -> Tensor:
+        """[B, T] log π_θold of the rows: the sampling checkpoint's (stale rows), else log π_θ."""
+        if self.old_model is None:
+            return self.logp(prompts, resp)
+        return self._scored(self.old_model, self._logp_old, prompts, resp)
+
+    def _scored(self, model, cache: dict, prompts, resp) -> Tensor:
+        todo = [i for i, key in enumerate(zip(map(tuple, prompts), resp)) if key not in cache]
         for c in range(0, len(todo), self.o.micro_batch):
             idx = todo[c:c + self.o.micro_batch]
-            packed, s = score_rows(self.model, [prompts[i] for i in idx], [resp[i] for i in idx],
+            packed, s = score_rows(model, [prompts[i] for i in idx], [resp[i] for i in idx],
                                    self.tok.pad_token_id, self.src.temperature)
             for j, i in enumerate(idx):
-                self._logp[(tuple(prompts[i]), resp[i])] = s.logp[j, :int(packed.mask[j].sum())].double()
+                cache[(tuple(prompts[i]), resp[i])] = s.logp[j, :int(packed.mask[j].sum())].double()
         T = max(1, max(len(r) for r in resp))
         out = torch.zeros(len(resp), T, dtype=torch.float64)
         for i, key in enumerate(zip(map(tuple, prompts), resp)):
-            lp = self._logp[key]
+            lp = cache[key]
             out[i, :len(lp)] = lp
         return out
 
-    def batch(self, est, prompts, resp, group, demo, reward) -> tuple[Batch, Tensor]:
+    def batch(self, est, prompts, resp, group, demo, reward, prepare=None) -> tuple[Batch, Tensor]:
         lp = self.logp(prompts, resp)
         leaf = lp.clone().requires_grad_(True)
         mask = torch.zeros_like(lp)
         for i, r in enumerate(resp):
             mask[i, :len(r)] = 1.0
         f = dict(logp=leaf, mask=mask, reward=torch.tensor(reward, dtype=torch.float64),
-                 group=torch.tensor(group), is_demo=torch.tensor(demo), logp_old=lp)
+                 group=torch.tensor(group), is_demo=torch.tensor(demo), logp_old=self.logp_old(prompts, resp))
         if "logp_ref" in est.needs or getattr(est, "kl", None) is not None:
             f["logp_ref"] = self.ref_logp(prompts, resp)
         if "values" in est.needs:
             with torch.no_grad():
                 f["values"] = score_rows(self.model, prompts, resp, self.tok.pad_token_id,
                                          self.src.temperature, self.value_head)[1].values.double()
-        return Batch(**f), leaf
+        return Batch(**(prepare(f) if prepare else f)), leaf
 
     def ref_logp(self, prompts, resp) -> Tensor:
         """log π_ref: the run's initial model (a LoRA run: the adapter disabled)."""
@@ -461,12 +514,13 @@ class Measurer:
 
     def measure(self, name: str, est) -> Measured:
         G, R, P = self.G, self.R, len(self.pool.prompts)
-        unit = Rg.Probe(name, Rg.preset(name)).unit(est, P, R, G)
+        probe = probe_of(name)
+        unit = probe.unit(est, P, R, G)
         per_group = self.o.trcov == "groups" and Mo.exact_support(est)[0]
         H, off, tokens = [], 0.0, 0.0
         for u in range(self.o.updates):
             prompts, resp, group, demo, reward = update_rows(self.pool, est, G, R, u)
-            b, leaf = self.batch(est, prompts, resp, group, demo, reward)
+            b, leaf = self.batch(est, prompts, resp, group, demo, reward, probe.prepare)
             rg = Mo.row_grads(est, b, leaf)
             off, tokens = off + float(rg.off.sum()), tokens + float(rg.tokens.sum())
             H.append(self.grads(prompts, resp, group, rg.d, per_group) * unit)
@@ -493,6 +547,28 @@ class Measurer:
             d = Mo.row_grads(rloo, b, leaf).d
             out.append(self.grads(prompts, resp, group, d, per_group=False)[0])
         return torch.stack(out)
+
+    def off_policy_extras(self) -> dict:
+        """Sample estimates over the pool's rollouts (drawn from π_θold), as the tree testbed's
+        `variance.off_policy_extras`: KL(π_old‖π_θ) = mean over prompts of the mean sequence
+        log-ratio log π_old − log π_θ; ``max_rho`` the largest token ratio π_θ/π_old; ``ESS``
+        the sequence-IS effective sample size fraction 1/E_old[ρ_seq²] (mean over prompts),
+        estimated self-normalised (Kish): (mean ρ_seq)²/mean ρ_seq² — E_old[ρ_seq] = 1, so it is
+        consistent, and it stays in (0, 1] (1 exactly on-policy) where 1/mean ρ_seq² could not."""
+        kl, ess, rho = [], [], 0.0
+        for x, p in enumerate(self.pool.prompts):
+            resp = [ids for ids, _ in self.pool.rollouts[x]]
+            lo, ln = self.logp_old([p] * len(resp), resp), self.logp([p] * len(resp), resp)
+            mask = torch.zeros_like(lo)
+            for i, r in enumerate(resp):
+                mask[i, :len(r)] = 1.0
+            log_rho = ((ln - lo) * mask).sum(-1)
+            kl.append(float(-log_rho.mean()))
+            rho_seq = torch.exp(log_rho)
+            ess.append(float(rho_seq.mean() ** 2 / (rho_seq ** 2).mean()))
+            if mask.any():
+                rho = max(rho, float(torch.exp(ln - lo)[mask > 0].max()))
+        return {"KL": sum(kl) / len(kl), "max_rho": rho, "ESS": sum(ess) / len(ess)}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -583,11 +659,24 @@ class CheckpointResult:
     ref_rel_se: float
     rows: list                  # [(name, values, se, Measured)]
     seconds: float
+    stale: list = dataclasses.field(default_factory=list)   # [StaleResult]
+
+
+@dataclass
+class StaleResult:
+    """Rows of one checkpoint (step s) whose rollouts were sampled from step s − K (π_θold);
+    π_θ, g* and the gradient are at step s. ``extras``: KL, max_rho, ESS (`Measurer.off_policy_extras`)."""
+
+    K: int
+    old_step: int
+    extras: dict
+    rows: list                  # [(name, values, se, Measured)]
 
 
 def plan(src: Source, o: RunOptions) -> tuple[list, int, int]:
     """Every check before any work: the estimators (and the fields they need), G, budget."""
-    names = select(o.estimators)
+    names = select(o.estimators, bool(o.stale))
+    stale_steps(src, o)
     G = o.G or src.n
     if G < 2:
         raise ProbeInputError(f"--G {G}: group estimators need G ≥ 2")
@@ -604,18 +693,40 @@ def plan(src: Source, o: RunOptions) -> tuple[list, int, int]:
     from transformers import AutoConfig
 
     mine = AutoConfig.from_pretrained(src.model_path).to_dict()
-    for _, _, ckpt in src.checkpoints:
+    olds = [src.available[s - K] for _, s, _ in src.checkpoints for K in o.stale]
+    for ckpt in [c for _, _, c in src.checkpoints] + olds:
         if ckpt is not None:
             check_checkpoint(mine, Path(ckpt), src)
     explicit = o.estimators != "all"
     kept = []
     for name in names:
-        miss = [m for _, _, c in src.checkpoints for m in missing_fields(estimators.get(name), c)]
+        miss = [m for _, _, c in src.checkpoints for m in missing_fields(probed_estimator(name, src.max_new_tokens), c)]
         if miss and explicit:
             raise ProbeInputError(f"--estimators {name}: needs {miss[0]}")
         if not miss:
             kept.append(name)
     return kept, G, budget // G
+
+
+def stale_steps(src: Source, o: RunOptions) -> None:
+    """``--stale K``: every measured step s needs the run's checkpoint of step s − K (the
+    sampling policy of a trainer that lags K steps); a single model has no earlier one."""
+    if not o.stale:
+        return
+    if src.available is None:
+        raise ProbeInputError(f"--stale {','.join(map(str, o.stale))}: stale rows need a run with two "
+                              "checkpoints (rollouts from step s − K, gradient at step s); --model is a "
+                              "single model (use --run DIR)")
+    if any(K < 1 for K in o.stale):
+        raise ProbeInputError(f"--stale {','.join(map(str, o.stale))}: every K must be ≥ 1")
+    missing = sorted({s - K for _, s, _ in src.checkpoints for K in o.stale if s - K not in src.available})
+    if missing:
+        need = ", ".join(f"step={s} needs {s - K}" for _, s, _ in src.checkpoints for K in o.stale
+                         if s - K not in src.available)
+        raise ProbeInputError(f"--stale {','.join(map(str, o.stale))}: {src.run_dir} has no checkpoint of "
+                              f"step(s) {', '.join(map(str, missing))} ({need}); available: "
+                              f"{', '.join(map(str, sorted(src.available)))} (0 = the initial model); "
+                              "give --steps whose step − K is among them")
 
 
 def run_probe(src: Source, o: RunOptions, log=lambda s: None) -> dict:
@@ -624,12 +735,13 @@ def run_probe(src: Source, o: RunOptions, log=lambda s: None) -> dict:
     from training.policy import ValueHead
 
     names, G, R = plan(src, o)
-    skipped = sorted(set(select("all")) - set(names)) if o.estimators == "all" else []
+    skipped = sorted(set(select("all", bool(o.stale))) - set(names)) if o.estimators == "all" else []
     for name in skipped:
-        log(f"skip {name}: needs fields the run did not record ({missing_fields(estimators.get(name), None)[0]})")
+        log(f"skip {name}: needs fields the run did not record "
+            f"({missing_fields(probed_estimator(name, src.max_new_tokens), None)[0]})")
     tok = policy.load_tokenizer(src.model_path)
     ref_model = None
-    if not src.lora and any("logp_ref" in estimators.get(n).needs for n in names):
+    if not src.lora and any("logp_ref" in probed_estimator(n, src.max_new_tokens).needs for n in names):
         ref_model = policy.load_model(src.model_path, attn_implementation="eager").to(o.dtype).eval()
     results = []
     for ci, (label, step, ckpt) in enumerate(src.checkpoints):
@@ -641,31 +753,53 @@ def run_probe(src: Source, o: RunOptions, log=lambda s: None) -> dict:
             vh = ValueHead(model.config.hidden_size)
             vh.load_state_dict(load_file(str(Path(ckpt) / "value_head.safetensors")))
             vh = vh.to(o.dtype)
-        pool = sample_pool(model, tok, src, o.updates * R * G, o.ref, o.seed)  # float32 sampling
+        n_pool = o.updates * R * G
+        pool = sample_pool(model, tok, src, n_pool, o.ref, o.seed)  # float32 sampling
         model = model.to(o.dtype)
         meas = Measurer(model, ref_model, vh, tok, src, pool, o, G)
         ref = meas.reference()
         g = ref.double().mean(0)
         tr_g = float(((ref.double() - g) ** 2).sum()) / (len(ref) - 1) / len(ref)
         log(f"{label}: pool sampled, reference ‖g*‖={float(g.norm()):.4g} ({time.time() - t0:.1f} s)")
-        rows = []
-        for name in names:
-            t = time.time()
-            m = meas.measure(name, probed_estimator(name, src.max_new_tokens))
-            vals, se = metrics(m, ref, R)
-            rows.append((name, vals, se, m))
-            log(f"  {label} {name}: {time.time() - t:.1f} s")
+        P = len(pool.prompts)
+
+        def measure_all(ms: Measurer, tag: str) -> list:
+            return [measured(ms, name, probed_estimator(name, src.max_new_tokens, P, R, G), ref, R,
+                             f"{label}{tag}", log) for name in names]
+
+        rows = measure_all(meas, "")
+        stale = []
+        for K in o.stale:
+            # π_θold = the checkpoint K steps earlier; its pool is drawn by the same call as the
+            # fresh one (common random numbers: equal weights give the same rollouts)
+            old = load_policy(src, src.available[step - K])
+            old_pool = sample_pool(old, tok, src, n_pool, o.ref, o.seed)
+            sm = Measurer(model, ref_model, vh, tok, src, old_pool, o, G, old_model=old.to(o.dtype))
+            extras = sm.off_policy_extras()
+            log(f"{label} stale={K} (π_θold = step {step - K}): KL={extras['KL']:.3g}, "
+                f"max ρ={extras['max_rho']:.3g}, ESS={extras['ESS']:.3g}")
+            stale.append(StaleResult(K, step - K, extras, measure_all(sm, f",stale={K}")))
         results.append(CheckpointResult(label, step, pool.pass_rate, meas.D, float(g.norm()),
                                         math.sqrt(tr_g) / max(float(g.norm()), 1e-300), rows,
-                                        time.time() - t0))
+                                        time.time() - t0, stale))
     close = getattr(src.reward_fn, "close", None)
     if close:
         close()
     return {"source": src, "options": o, "G": G, "R": R, "results": results, "skipped": skipped}
 
 
+def measured(meas: Measurer, name: str, est, ref: Tensor, R: int, label: str, log) -> tuple:
+    """(name, values, standard errors, Measured) of one estimator."""
+    t = time.time()
+    m = meas.measure(name, est)
+    vals, se = metrics(m, ref, R)
+    log(f"  {label} {name}: {time.time() - t:.1f} s")
+    return name, vals, se, m
+
+
 COLUMNS = ("scale", "cos", "rel_bias", "trCov", "SNR", "B_simple", "E[cos]", "clip_frac",
            "bias_z", "bias_sig", "cos_z", "cos_sig")
+STALE_COLUMNS = ("KL", "max_rho", "ESS")   # stale rows only (one value per checkpoint and K)
 
 
 def tidy_rows(res: dict) -> list:
@@ -674,12 +808,18 @@ def tidy_rows(res: dict) -> list:
     G, R = res["G"], res["R"]
     for cr in res["results"]:
         where = f"step={cr.step}" if cr.step is not None else f"model={res['source'].name}"
-        for name, vals, se, m in cr.rows:
-            setting = (f"{where},G={G},N={m.N},demos={m.demos},budget={G * R},updates={res['options'].updates},"
-                       f"grads={'per-group' if m.trcov_from == 'groups' else 'per-update'},trcov={m.trcov_from},ref={REFERENCE}({res['options'].ref})")
-            for k in COLUMNS:
-                out.append({"probe": PROBE, "estimator": name, "setting": setting, "metric": k,
-                            "value": vals[k], "stderr": se.get(k, float("nan"))})
+        blocks = [(cr.rows, "", {})] + [(sr.rows, f",stale={sr.K}", sr.extras) for sr in cr.stale]
+        for rows, tag, extras in blocks:
+            for name, vals, se, m in rows:
+                setting = (f"{where},G={G},N={m.N},demos={m.demos},budget={G * R},updates={res['options'].updates},"
+                           f"grads={'per-group' if m.trcov_from == 'groups' else 'per-update'},trcov={m.trcov_from},"
+                           f"ref={REFERENCE}({res['options'].ref}){tag}")
+                for k in COLUMNS:
+                    out.append({"probe": PROBE, "estimator": name, "setting": setting, "metric": k,
+                                "value": vals[k], "stderr": se.get(k, float("nan"))})
+                for k in STALE_COLUMNS if extras else ():
+                    out.append({"probe": PROBE, "estimator": name, "setting": setting, "metric": k,
+                                "value": extras[k], "stderr": float("nan")})
         base = f"{where},G={G}"
         out.append({"probe": PROBE, "estimator": "reference", "setting": base, "metric": "norm_ref",
                     "value": cr.ref_norm, "stderr": float("nan")})
@@ -719,6 +859,14 @@ def format_table(res: dict) -> str:
         for name, vals, se, m in cr.rows:
             cells = "".join(f"{_pm(vals[c], se.get(c)):>20s}" for c in cols)
             lines.append(f"{name:14s}{cells}  {'yes' if vals['bias_sig'] else 'no'}")
+        for sr in cr.stale:
+            e = sr.extras
+            lines += ["", f"{cr.label}, stale={sr.K} (rollouts from step {sr.old_step}): "
+                          f"KL(old‖new) = {e['KL']:.3g}, max ρ = {e['max_rho']:.3g}, ESS = {e['ESS']:.3g}",
+                      f"{'estimator':14s}" + "".join(f"{c:>20s}" for c in cols) + f"{'clip_frac':>11s}  bias?"]
+            for name, vals, se, m in sr.rows:
+                cells = "".join(f"{_pm(vals[c], se.get(c)):>20s}" for c in cols)
+                lines.append(f"{name:14s}{cells}{vals['clip_frac']:>11.3g}  {'yes' if vals['bias_sig'] else 'no'}")
     return "\n".join(lines) + "\n"
 
 
@@ -726,6 +874,14 @@ def _pm(v, s) -> str:
     if v is None or v != v:
         return "—"
     return f"{v:.4g}±{s:.2g}" if s is not None and s == s else f"{v:.4g}"
+
+
+def parse_stale(s: Optional[str]) -> tuple:
+    """``--stale 1,4`` → (1, 4); absent or empty: no stale rows."""
+    try:
+        return tuple(int(k) for k in (s or "").split(",") if k.strip())
+    except ValueError:
+        raise ProbeInputError(f"--stale {s!r}: expected comma-separated step lags like 1,4") from None
 
 
 def main_variance(args, argv: list) -> int:
@@ -739,9 +895,7 @@ def main_variance(args, argv: list) -> int:
     try:
         if args.run and args.model:
             raise ProbeInputError("give --run DIR or --model PATH --data FILE, not both")
-        if args.stale:
-            raise ProbeInputError(f"--stale {args.stale}: the run probe measures on-policy updates "
-                                  "(θ = θ_old at each checkpoint); stale updates are measured on the testbeds")
+        o.stale = parse_stale(args.stale)
         if args.steps and args.checkpoints:
             raise ProbeInputError("give --steps or --checkpoints all, not both")
         if args.run:

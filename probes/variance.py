@@ -321,7 +321,8 @@ def parser() -> argparse.ArgumentParser:
                     help="samples per prompt (budget/G groups); default 64 (--run/--model: G, one group per update)")
     ap.add_argument("--checkpoint", default="mid", help="base | mid")
     ap.add_argument("--stale", default=None,
-                    help="stale steps K for the off-policy rows ('' for none; default 1,4,16 on the tree testbed)")
+                    help="stale steps K for the off-policy rows ('' for none; default 1,4,16 on the tree testbed; "
+                         "--run: rollouts from the checkpoint K steps before each measured one, none by default)")
     ap.add_argument("--stale-lr", type=float, default=1.0)
     ap.add_argument("--mc", type=int, default=0, help="Monte Carlo replicates for every row (+ MC-vs-exact check)")
     ap.add_argument("--seed", type=int, default=0)

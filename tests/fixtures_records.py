@@ -312,15 +312,17 @@ def write_bad_runs(root: Path) -> dict[str, str]:
 RUN_PROBE_STEPS = (0, 40)
 
 
-def run_probe_rows(step: int) -> list[dict]:
+def run_probe_rows(step: int, stale: int = 0) -> list[dict]:
     """Rows as ``python -m probes.variance --run`` writes them for one checkpoint (per-update
-    Monte Carlo: every value has a stderr)."""
-    shift = step / 400
+    Monte Carlo: every value has a stderr); with ``stale`` K the rows of ``--stale K`` (setting
+    ending in ``stale=K``, cos lowered by K/100)."""
+    shift = step / 400 + stale / 100
     points = {"reinforce": (1.0, 0.40), "rloo": (1.0, 0.25), "dr_grpo": (7 / 8, 0.20),
               "grpo": (0.9 - shift, 0.10), "sft": (0.3 + shift, 0.0)}
     out = []
     for est, (cos, tr) in points.items():
-        setting = f"step={step},G=8,N=64,demos=0,budget=8,updates=8,grads=per-group,trcov=groups,ref=rloo(128)"
+        setting = (f"step={step},G=8,N=64,demos=0,budget=8,updates=8,grads=per-group,trcov=groups,ref=rloo(128)"
+                   + (f",stale={stale}" if stale else ""))
         for metric, value, se in (("cos", cos, 0.02), ("trCov", tr, 0.01), ("rel_bias", 1 - cos, 0.02),
                                   ("scale", cos, 0.03)):
             out.append(dict(probe="variance", estimator=est, setting=setting, metric=metric, value=value,

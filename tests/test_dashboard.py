@@ -282,6 +282,20 @@ def test_every_page_renders_around_bad_runs(tmp_path, monkeypatch):
             "(got 'n/a')") in notes["Estimators"]
 
 
+def test_estimators_page_plane_chooses_a_runs_on_policy_or_stale_rows(tmp_path, monkeypatch):
+    run = fx.write_run(tmp_path, fx.RunSpec("hpt-s0", "hpt", steps=4, eval_every=2))
+    fx.write_run_probe(run)
+    records.RunWriter(run).log_probe("variance", fx.run_probe_rows(40, stale=10))
+    at = open_app(tmp_path, monkeypatch, "Estimators")
+    (title, (_, data)), = [(t, v) for t, v in charts(at).items() if t.startswith("Bias–variance plane")]
+    assert "stale" not in title and len(data) == 5        # one point per estimator: the on-policy rows
+    assert data.set_index("estimator").loc["grpo", "y"] == pytest.approx(0.8)
+    at.selectbox(key="est_plane_stale").set_value(10).run()
+    (title, (_, data)), = [(t, v) for t, v in charts(at).items() if t.startswith("Bias–variance plane")]
+    assert "stale=10" in title and len(data) == 5 and set(data["s:stale"]) == {10}
+    assert data.set_index("estimator").loc["grpo", "y"] == pytest.approx(0.7)
+
+
 def test_estimators_page_bias_variance_plane_of_a_runs_checkpoints(tmp_path, monkeypatch):
     run = fx.write_run(tmp_path, fx.RunSpec("hpt-s0", "hpt", steps=4, eval_every=2))
     fx.write_run_probe(run)

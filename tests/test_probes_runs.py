@@ -155,7 +155,7 @@ def test_missing_step_and_model_without_data(tiny_base, tmp_path):
     rc, _, err = cli("--model", tiny_base)
     assert rc == 2 and "--model needs --data" in err
     rc, _, err = cli("--run", str(run_dir), "--stale", "4")
-    assert rc == 2 and "--stale 4" in err and "on-policy" in err
+    assert rc == 2 and "--stale 4" in err and "step=10 needs 6" in err and "available: 0, 10" in err
 
 
 # --------------------------------------------------------------------- statistics (slow)
@@ -226,3 +226,143 @@ def test_any_model_and_data_file_writes_tidy_records(tiny_base, tmp_path, thread
         assert "grads=per-group,trcov=groups" in table[(name, "trCov")]["setting"]   # both group-local
         assert table[(name, "trCov")]["value"] > 0 and table[(name, "trCov")]["stderr"] > 0
     assert table[("reference", "norm_ref")]["setting"].startswith(f"model={Path(tiny_base).name}")
+
+
+# ------------------------------------------------------------------- stale rows (--stale K)
+
+
+def save_nearby(run_dir: Path, model_path: str, src_step, step: int, noise: float) -> None:
+    """Checkpoint ``step`` in the training format: checkpoint ``src_step``'s weights (None: the
+    initial model's) plus a seeded perturbation of size ``noise`` (0: the same weights under
+    another step)."""
+    model = policy.load_model(model_path)
+    if src_step is not None:
+        checkpoint.load_weights(model, run_dir / records.CHECKPOINTS / f"{checkpoint.PREFIX}{src_step:06d}")
+    gen = torch.Generator().manual_seed(1000 + step)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=gen))
+    opt = torch.optim.AdamW(model.parameters())
+    checkpoint.save(run_dir, step, model, policy.load_tokenizer(model_path), None, opt,
+                    torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), {"data": 0, "demos_truncated": 0},
+                    keep=10)
+
+
+STALE_NAMES = "rloo,grpo,ppo[eps=0.2],seq_is"
+
+
+def test_stale_rows_from_the_same_weights_are_the_on_policy_rows(tiny_base, tmp_path, threads):
+    run_dir = make_run(tmp_path, tiny_base, "stale-same", steps=(10,))
+    save_nearby(run_dir, tiny_base, 10, 12, 0.0)        # step 12 = step 10's weights
+    src = dataclasses.replace(runs.run_source(run_dir, "12", P=2), reward_fn=parity)
+    o = runs.RunOptions(estimators=STALE_NAMES, G=2, updates=3, prompts=2, ref=6, ref_chunks=3, stale=(2,))
+    res = runs.run_probe(src, o)
+    cr = res["results"][0]
+    (sr,) = cr.stale
+    assert (sr.K, sr.old_step) == (2, 10)
+    assert sr.extras == {"KL": 0.0, "max_rho": 1.0, "ESS": 1.0}
+    assert [r[0] for r in sr.rows] == [r[0] for r in cr.rows] == STALE_NAMES.split(",")
+    for (name, vals, se, m), (_, v0, s0, m0) in zip(sr.rows, cr.rows):
+        assert vals["clip_frac"] == 0.0 == v0["clip_frac"], name
+        torch.testing.assert_close(m.H, m0.H, rtol=1e-5, atol=1e-7)
+        for k in ("scale", "cos", "trCov", "E[cos]"):
+            assert vals[k] == pytest.approx(v0[k], rel=1e-4, abs=1e-9, nan_ok=True), (name, k)
+    rows = runs.tidy_rows(res)
+    stale = [r for r in rows if r["setting"].endswith(",stale=2")]
+    assert {r["estimator"] for r in stale} == set(STALE_NAMES.split(","))
+    assert all(r["setting"].startswith("step=12,") for r in stale)
+    got = {(r["estimator"], r["metric"]): r["value"] for r in stale}
+    assert got[("seq_is", "ESS")] == 1.0 and got[("ppo[eps=0.2]", "KL")] == 0.0
+    assert not any(r["metric"] in runs.STALE_COLUMNS for r in rows if "stale=" not in r["setting"])
+
+
+def test_stale_rows_from_an_earlier_checkpoint_see_real_ratios(tiny_base, tmp_path, threads):
+    run_dir = make_run(tmp_path, tiny_base, "stale-moved", steps=(10,))
+    save_nearby(run_dir, tiny_base, 10, 11, 0.02)
+    src = dataclasses.replace(runs.run_source(run_dir, "11", P=2), reward_fn=parity)
+    o = runs.RunOptions(estimators=STALE_NAMES, G=2, updates=3, prompts=2, ref=6, ref_chunks=3, stale=(1,))
+    res = runs.run_probe(src, o)
+    cr = res["results"][0]
+    (sr,) = cr.stale
+    e = sr.extras
+    assert e["KL"] > 0 and e["max_rho"] > 1 and 0 < e["ESS"] < 1
+    # the extras are the sample estimates over the rollouts drawn from step 10, scored independently
+    old = runs.load_policy(src, run_dir / records.CHECKPOINTS / "step-000010")
+    new = runs.load_policy(src, run_dir / records.CHECKPOINTS / "step-000011")
+    tok = policy.load_tokenizer(tiny_base)
+    pool = runs.sample_pool(old, tok, src, 3 * 2, 6, 0)
+    kl, ess = [], []
+    for x, p in enumerate(pool.prompts):
+        lr = []
+        for ids, _ in pool.rollouts[x]:
+            with torch.no_grad():
+                lo = runs.score_rows(old, [p], [ids], tok.pad_token_id, 1.0)[1].logp[0, :len(ids)].double().sum()
+                ln = runs.score_rows(new, [p], [ids], tok.pad_token_id, 1.0)[1].logp[0, :len(ids)].double().sum()
+            lr.append(float(ln - lo))
+        lr = torch.tensor(lr, dtype=torch.float64)
+        kl.append(float(-lr.mean()))
+        ess.append(float(torch.exp(lr).mean() ** 2 / torch.exp(2 * lr).mean()))
+    assert e["KL"] == pytest.approx(sum(kl) / 2, rel=1e-4) and e["ESS"] == pytest.approx(sum(ess) / 2, rel=1e-4)
+    got = {name: vals for name, vals, _, _ in sr.rows}
+    assert got["ppo[eps=0.2]"]["clip_frac"] > 0 and got["grpo"]["clip_frac"] > 0
+    assert got["rloo"]["clip_frac"] == 0 and got["seq_is"]["clip_frac"] == 0   # no stabilisation mask
+    on = {name: vals for name, vals, _, _ in cr.rows}
+    assert all(on[n]["clip_frac"] == 0 for n in on)                             # the fresh rows stay on-policy
+    assert got["seq_is"]["scale"] != on["seq_is"]["scale"]
+
+
+def test_stale_cli_prints_and_records_the_stale_rows(tiny_base, tmp_path, threads):
+    run_dir = make_run(tmp_path, tiny_base, "stale-cli", steps=(10,))
+    save_nearby(run_dir, tiny_base, 10, 11, 0.02)
+    rc, out, err = cli("--run", str(run_dir), "--steps", "11", "--stale", "1", "--estimators", "rloo,ppo[eps=0.2]",
+                       "--G", "2", "--updates", "3", "--prompts", "2", "--ref", "6", "--ref-chunks", "3")
+    assert rc == 0, err
+    assert "step=11, stale=1 (rollouts from step 10): KL(old‖new) = " in out and "clip_frac" in out
+    rows, notes = records.read_probes(run_dir, records.PROBE_VARIANCE)
+    assert not notes
+    stale = {(r["estimator"], r["metric"]): r for r in rows if r["setting"].endswith(",stale=1")}
+    fresh = {(r["estimator"], r["metric"]) for r in rows if "stale=" not in r["setting"]}
+    want = {(e, m) for e in ("rloo", "ppo[eps=0.2]") for m in runs.COLUMNS}
+    assert set(stale) == want | {(e, m) for e in ("rloo", "ppo[eps=0.2]") for m in runs.STALE_COLUMNS}
+    assert want <= fresh and stale[("rloo", "KL")]["value"] > 0
+    assert stale[("rloo", "KL")]["setting"].startswith("step=11,G=2,")
+
+
+def test_stale_needs_the_earlier_checkpoint_and_a_run(tiny_base, tmp_path):
+    run_dir = make_run(tmp_path, tiny_base, "stale-missing", steps=(10, 20))
+    rc, _, err = cli("--run", str(run_dir), "--steps", "10,20", "--stale", "10,5", "--estimators", "rloo")
+    # 10 − 10 = 0 is the initial model: only 5 and 15 are missing
+    assert rc == 2 and "--stale 10,5" in err and "no checkpoint of step(s) 5, 15 " in err
+    assert "step=10 needs 5, step=20 needs 15" in err and "available: 0, 10, 20" in err
+    assert not (run_dir / records.PROBES_DIR).exists()
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in task.rows(task.train_problems(5, 2), "train")))
+    rc, _, err = cli("--model", tiny_base, "--data", str(data), "--stale", "1", "--out", str(tmp_path / "o"))
+    assert rc == 2 and "--stale 1" in err and "two checkpoints" in err and "--run" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_stale_sequence_is_stays_unbiased_on_the_embedded_base(tmp_path, threads):
+    """On the embedded base, rollouts from the initial model and the gradient at a checkpoint
+    one step later (KL(old‖new) ≈ 0.35, ESS ≈ 0.5): sequence-level IS (`seq_is`) still measures
+    scale 1 and cos 1 within the CIs against the fresh reference, while PPO's clipped token
+    ratio clips tokens."""
+    data = tmp_path / "level1.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in task.rows(task.train_problems(3, 4, levels=(1,)), "train")))
+    model_path = str(base.ensure_base())
+    run_dir = make_run(tmp_path, model_path, "embedded-stale", (), 0, "hpt", 2, "--train-data", str(data))
+    save_nearby(run_dir, model_path, None, 1, STALE_NOISE)
+    src = runs.run_source(run_dir, "1", P=4)
+    res = runs.run_probe(src, runs.RunOptions(estimators="seq_is,ppo[eps=0.2],rloo", G=2, budget=4, updates=32,
+                                              prompts=4, ref=512, ref_chunks=8, stale=(1,)))
+    (sr,) = res["results"][0].stale
+    assert sr.extras["KL"] > 0 and sr.extras["ESS"] < 1
+    got = {name: (vals, se) for name, vals, se, _ in sr.rows}
+    vals, se = got["seq_is"]
+    assert abs(vals["scale"] - 1) < 3 * se["scale"], (vals["scale"], se["scale"])
+    assert not vals["bias_sig"] and not vals["cos_sig"], vals
+    assert got["ppo[eps=0.2]"][0]["clip_frac"] > 0
+
+
+STALE_NOISE = 0.01   # weight perturbation of the later checkpoint on the embedded base

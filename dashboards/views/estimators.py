@@ -66,9 +66,30 @@ def plane_section(rows: pd.DataFrame) -> None:
         step = (st.select_slider("Checkpoint (training step)", steps, value=steps[-1], key="est_plane_step")
                 if len(steps) > 1 else steps[0])
         points, where = points[points["s:step"] == step], f" at step {step:g}"
+    points, stale_where = fresh_or_stale(points)
+    where += stale_where
     for col in tables.plane_settings(points, skip=("s:step",)):
         values = sorted(points[col].dropna().unique(), key=str)
         choice = st.selectbox(f"{col[2:]} (for the plane)", values, key=f"est_plane_{col}")
         points = points[points[col] == choice]
         where += f", {col[2:]}={choice}"
     st.altair_chart(charts.plane_chart(points, f"Bias–variance plane{where}", y), key="chart_plane")
+
+
+FRESH = "on-policy"
+
+
+def fresh_or_stale(points: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A run probe's stale rows (``--stale K``) carry the same estimator names as its on-policy
+    rows: the plane shows one of them, chosen here (on-policy first)."""
+    stale = tables.staleness_key(points)
+    col = f"s:{stale}" if stale else None
+    if col is None or not points.groupby(["run", "estimator"])[col].agg(
+            lambda s: s.isna().any() and s.notna().any()).any():
+        return points, ""
+    label = lambda v: v if v == FRESH else f"{v:g}"   # noqa: E731
+    choice = st.selectbox(f"{stale} (for the plane)", [FRESH, *sorted(points[col].dropna().unique())],
+                          format_func=label, key="est_plane_stale")
+    if choice == FRESH:
+        return points[points[col].isna()], ""
+    return points[points[col] == choice], f", {stale}={label(choice)}"
