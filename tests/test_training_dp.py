@@ -5,6 +5,7 @@ Slow (two real subprocess runs of a tiny model): ``pytest -m slow tests/test_tra
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_fsdp_run_resumes_exactly(tmp_path):
 
 
 SHARDED_STATE = """
-import sys, torch, torch.distributed as d
+import json, sys, torch, torch.distributed as d
 from training import base, distributed
 from training.rollout.vllm_engine import model_state_for_vllm
 d.init_process_group("gloo")
@@ -174,8 +175,9 @@ distributed.shard(model)
 assert any(distributed.is_sharded(p) for p in model.parameters())
 got = model_state_for_vllm(model)
 bad = [k for k in full if not torch.equal(got[k], full[k])]
-print("rank", d.get_rank(), "tensors", len(got), "differ", bad, flush=True)
 ok = not bad and got.keys() == full.keys()
+with open(f"{sys.argv[1]}/rank{d.get_rank()}.json", "w") as f:  # a file per rank: no interleaving
+    json.dump({"tensors": len(got), "differ": bad, "same_keys": got.keys() == full.keys()}, f)
 # free the sharded model (its device mesh holds the gloo group) before the group is destroyed,
 # not during interpreter shutdown, where destroying gloo's threads can abort the process
 import gc
@@ -192,10 +194,11 @@ def test_weights_pushed_to_vllm_from_fsdp_shards_are_whole(tmp_path):
     script = tmp_path / "sharded_state.py"
     script.write_text(SHARDED_STATE)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run([*LAUNCHERS["torchrun"][:-1], "29519", str(script)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*LAUNCHERS["torchrun"][:-1], "29519", str(script), str(tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert done.stdout.count("differ []") == 2
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["differ"] == [] and r["same_keys"] and r["tensors"] > 0 for r in ranks), ranks
 
 
 def test_fsdp_dynamic_sampling_refills_without_hanging(tmp_path):
