@@ -2,9 +2,10 @@
 
     python benchmarks/probes_runs.py [--run runs/<id>] [--threads 2]
 
-Measures ``python -m probes.variance --run DIR --checkpoints all --estimators all`` at the
-default budget on the embedded default's checkpoints: 4 checkpoints × every preset (PPO is
-skipped: the default run records no critic). Without ``--run`` it first trains the embedded default
+Measures ``python -m probes.variance --run DIR --checkpoints all --estimators ...`` at the
+default budget on the embedded default's checkpoints: 4 checkpoints × the paper's 14 presets
+but PPO, which needs critic values the default run does not record (``--estimators all``: every
+preset the run can supply). Without ``--run`` it first trains the embedded default
 (``python -m training.run hpt``, 120 steps) with a checkpoint every 30 steps, keeping 4. Target on a
 2-core machine: under 5 minutes. Its CPU time (user + system) is printed too: on a machine shared
 with other jobs it is the number that does not depend on the load. The baseline, measured in the same run, is the run's own training
@@ -30,6 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 import records  # noqa: E402
 
+# the paper-table presets but ppo, whose critic values the default run does not record
+PAPER_14 = "sft,reinforce,rloo,reinforce_pp,grpo,dr_grpo,dapo,gspo,cispo,luffy,srft,hpt,hpt_paper"
+
 
 def train_default(root: Path, threads: int) -> Path:
     cmd = [sys.executable, "-m", "training.run", "hpt", "--runs-dir", str(root), "--run-id", "hpt-default",
@@ -41,6 +45,8 @@ def train_default(root: Path, threads: int) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default=None, help="a run of the embedded default with 4 checkpoints")
+    ap.add_argument("--estimators", default=PAPER_14,
+                    help="comma list or 'all' (default: the 14 presets of the paper's table; 'all' = every preset)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (on a shared, loaded machine 1 is much faster than 2)")
     args = ap.parse_args()
@@ -54,7 +60,7 @@ def main() -> None:
         out = tmp / "copy"
         shutil.copytree(run, out, ignore=shutil.ignore_patterns(records.PROBES_DIR))
         cmd = [sys.executable, "-m", "probes.variance", "--run", str(out), "--checkpoints", "all",
-               "--estimators", "all", "--threads", str(args.threads)]
+               "--estimators", args.estimators, "--threads", str(args.threads)]
         load0 = os.getloadavg()[0]
         t = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -279,6 +279,7 @@ class Pool:
     ref: list                # [x] -> list of (ids, reward)
     demos: list              # [x] -> (ids, reward)
     pass_rate: list          # [x] mean reward of the estimator pool
+    greedy: list             # [x] reward of the prompt's greedy (temperature 0) rollout (ReMax)
 
 
 def sample_pool(model, tok, src: Source, n_pool: int, n_ref: int, seed: int) -> Pool:
@@ -299,8 +300,11 @@ def sample_pool(model, tok, src: Source, n_pool: int, n_ref: int, seed: int) -> 
         ids = tok(e.demo, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         ids = ids[:src.max_new_tokens]
         demos.append((tuple(ids), float(src.reward_fn([tok.decode(ids, skip_special_tokens=True)], [e.answer])[0])))
+    greedy = eng.generate(prompts, 1, 0.0, 1.0, src.max_new_tokens, seed)
+    greedy = [float(r) for r in src.reward_fn([tok.decode(cs[0], skip_special_tokens=True) for cs in greedy],
+                                              [e.answer for e in src.examples])]
     return Pool(prompts, [r[:n_pool] for r in rows], [r[n_pool:] for r in rows], demos,
-                [sum(r for _, r in xs[:n_pool]) / max(n_pool, 1) for xs in rows])
+                [sum(r for _, r in xs[:n_pool]) / max(n_pool, 1) for xs in rows], greedy)
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -499,11 +503,38 @@ class Measurer:
                  group=torch.tensor(group), is_demo=torch.tensor(demo), logp_old=self.logp_old(prompts, resp))
         if "logp_ref" in est.needs or getattr(est, "kl", None) is not None:
             f["logp_ref"] = self.ref_logp(prompts, resp)
+        stats = [k for k in ("entropy", "sum_pi_squared") if k in est.needs]
+        if stats:  # π_θold's next-token entropy / Σ_v π(v)² at each response token
+            f.update(self.old_token_stats(prompts, resp, stats, mask))
+        if "reward_baseline" in est.needs:  # ReMax: the sampling policy's greedy reward per prompt
+            greedy = {tuple(p): r for p, r in zip(self.pool.prompts, self.pool.greedy)}
+            f["reward_baseline"] = torch.tensor([greedy[tuple(p)] for p in prompts], dtype=torch.float64)
         if "values" in est.needs:
             with torch.no_grad():
                 f["values"] = score_rows(self.model, prompts, resp, self.tok.pad_token_id,
                                          self.src.temperature, self.value_head)[1].values.double()
         return Batch(**(prepare(f) if prepare else f)), leaf
+
+    def old_token_stats(self, prompts, resp, names: list, mask: Tensor) -> dict:
+        """{name: [B, T]} of the sampling policy (the old checkpoint for stale rows, else π_θ):
+        ``entropy`` and/or ``sum_pi_squared`` of its next-token distribution at each token."""
+        from training import policy
+
+        model = self.old_model if self.old_model is not None else self.model
+        out = {k: torch.zeros_like(mask, dtype=torch.float64) for k in names}
+        for c in range(0, len(resp), self.o.micro_batch):
+            idx = list(range(c, min(c + self.o.micro_batch, len(resp))))
+            with torch.no_grad():
+                packed = policy.pack([prompts[i] for i in idx], [list(resp[i]) for i in idx],
+                                     self.tok.pad_token_id)
+                s = policy.score(model, packed, temperature=self.src.temperature,
+                                 sum_pi_squared="sum_pi_squared" in names)
+            for k in names:
+                v = getattr(s, k).double()
+                for j, i in enumerate(idx):
+                    n = len(resp[i])
+                    out[k][i, :n] = v[j, :n]
+        return out
 
     def ref_logp(self, prompts, resp) -> Tensor:
         """log π_ref: the run's initial model (a LoRA run: the adapter disabled)."""

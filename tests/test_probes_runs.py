@@ -366,3 +366,21 @@ def test_stale_sequence_is_stays_unbiased_on_the_embedded_base(tmp_path, threads
 
 
 STALE_NOISE = 0.01   # weight perturbation of the later checkpoint on the embedded base
+
+
+def test_every_preset_is_measured_on_a_run_including_those_needing_extra_fields(tiny_base, tmp_path, threads):
+    """`--estimators all` measures every preset the run can supply: the entropy mask (π_θold's
+    token entropy), OTB (Σ_v π(v)²) and ReMax (the greedy rollout's reward) included; only the
+    critic's values (ppo) are missing from a run without a value head."""
+    run_dir = make_run(tmp_path, tiny_base, "all-presets")
+    src = dataclasses.replace(runs.run_source(run_dir, "10", P=2), reward_fn=parity)
+    o = runs.RunOptions(estimators="all", G=2, updates=3, prompts=2, ref=6, ref_chunks=3)
+    res = runs.run_probe(src, o)
+    names = {name for name, *_ in res["results"][0].rows}
+    assert {"entropy_mask", "otb", "remax", "clip_cov", "chord", "pkpo"} <= names
+    assert res["skipped"] == ["ppo"]
+    for name, vals, se, m in res["results"][0].rows:
+        assert torch.isfinite(m.mean).all(), name
+    pool = runs.sample_pool(runs.load_policy(src, checkpoint.latest(run_dir)), policy.load_tokenizer(src.model_path),
+                            src, 2, 2, seed=0)
+    assert len(pool.greedy) == len(src.examples) and set(pool.greedy) <= {0.0, 1.0}
