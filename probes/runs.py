@@ -370,19 +370,6 @@ def missing_fields(est, ckpt: Optional[Path]) -> list:
 # ----------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Rows:
-    """Packed rows of one update with their group ids and Batch fields (no grad)."""
-
-    packed: object
-    group: Tensor
-    is_demo: Tensor
-    reward: Tensor
-    logp: Tensor
-    logp_ref: Optional[Tensor] = None
-    values: Optional[Tensor] = None
-
-
 def score_rows(model, prompts: list, responses: list, pad_id: int, temperature: float,
                value_head=None, grad: bool = False):
     from training import policy
@@ -478,19 +465,28 @@ class Measurer:
             return self.logp(prompts, resp)
         return self._scored(self.old_model, self._logp_old, prompts, resp)
 
-    def _scored(self, model, cache: dict, prompts, resp) -> Tensor:
-        todo = [i for i, key in enumerate(zip(map(tuple, prompts), resp)) if key not in cache]
+    def _scored(self, model, cache: dict, prompts, resp, field: str = "logp") -> Tensor:
+        """[B, T] per-token ``field`` of `policy.score` (logp, entropy or sum_pi_squared) under
+        ``model``, cached per (field, prompt, response), right-padded with 0."""
+        from training import policy
+
+        keys = [(field, tuple(p), r) for p, r in zip(prompts, resp)]
+        todo = [i for i, key in enumerate(keys) if key not in cache]
         for c in range(0, len(todo), self.o.micro_batch):
             idx = todo[c:c + self.o.micro_batch]
-            packed, s = score_rows(model, [prompts[i] for i in idx], [resp[i] for i in idx],
-                                   self.tok.pad_token_id, self.src.temperature)
-            for j, i in enumerate(idx):
-                cache[(tuple(prompts[i]), resp[i])] = s.logp[j, :int(packed.mask[j].sum())].double()
+            packed = policy.pack([prompts[i] for i in idx], [list(resp[i]) for i in idx], self.tok.pad_token_id)
+            with torch.no_grad():
+                s = policy.score(model, packed, temperature=self.src.temperature,
+                                 sum_pi_squared=field == "sum_pi_squared")
+            for name in ("logp", "entropy", "sum_pi_squared"):  # what one pass gives, kept
+                v = getattr(s, name)
+                for j, i in enumerate(idx):
+                    if v is not None:
+                        cache[(name, *keys[i][1:])] = v[j, :int(packed.mask[j].sum())].double()
         T = max(1, max(len(r) for r in resp))
         out = torch.zeros(len(resp), T, dtype=torch.float64)
-        for i, key in enumerate(zip(map(tuple, prompts), resp)):
-            lp = cache[key]
-            out[i, :len(lp)] = lp
+        for i, key in enumerate(keys):
+            out[i, :len(cache[key])] = cache[key]
         return out
 
     def batch(self, est, prompts, resp, group, demo, reward, prepare=None) -> tuple[Batch, Tensor]:
@@ -505,7 +501,7 @@ class Measurer:
             f["logp_ref"] = self.ref_logp(prompts, resp)
         stats = [k for k in ("entropy", "sum_pi_squared") if k in est.needs]
         if stats:  # π_θold's next-token entropy / Σ_v π(v)² at each response token
-            f.update(self.old_token_stats(prompts, resp, stats, mask))
+            f.update(self.old_token_stats(prompts, resp, stats))
         if "reward_baseline" in est.needs:  # ReMax: the sampling policy's greedy reward per prompt
             greedy = {tuple(p): r for p, r in zip(self.pool.prompts, self.pool.greedy)}
             f["reward_baseline"] = torch.tensor([greedy[tuple(p)] for p in prompts], dtype=torch.float64)
@@ -515,26 +511,12 @@ class Measurer:
                                          self.src.temperature, self.value_head)[1].values.double()
         return Batch(**(prepare(f) if prepare else f)), leaf
 
-    def old_token_stats(self, prompts, resp, names: list, mask: Tensor) -> dict:
+    def old_token_stats(self, prompts, resp, names: list) -> dict:
         """{name: [B, T]} of the sampling policy (the old checkpoint for stale rows, else π_θ):
         ``entropy`` and/or ``sum_pi_squared`` of its next-token distribution at each token."""
-        from training import policy
-
-        model = self.old_model if self.old_model is not None else self.model
-        out = {k: torch.zeros_like(mask, dtype=torch.float64) for k in names}
-        for c in range(0, len(resp), self.o.micro_batch):
-            idx = list(range(c, min(c + self.o.micro_batch, len(resp))))
-            with torch.no_grad():
-                packed = policy.pack([prompts[i] for i in idx], [list(resp[i]) for i in idx],
-                                     self.tok.pad_token_id)
-                s = policy.score(model, packed, temperature=self.src.temperature,
-                                 sum_pi_squared="sum_pi_squared" in names)
-            for k in names:
-                v = getattr(s, k).double()
-                for j, i in enumerate(idx):
-                    n = len(resp[i])
-                    out[k][i, :n] = v[j, :n]
-        return out
+        if self.old_model is None:
+            return {k: self._scored(self.model, self._logp, prompts, resp, k) for k in names}
+        return {k: self._scored(self.old_model, self._logp_old, prompts, resp, k) for k in names}
 
     def ref_logp(self, prompts, resp) -> Tensor:
         """log π_ref: the run's initial model (a LoRA run: the adapter disabled)."""
