@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .batch import Batch
 from .slots import Advantage
-from .parts import KLPenalty, WhitenedReturns, group_moments, kl_estimate, last_token, masked, whiten
+from .parts import KLInReward, WhitenedReturns, group_moments, kl_estimate, last_token, masked, whiten
 
 
 def _kl_reward(coef: float, kind: str, b: Batch) -> Tensor:
@@ -26,7 +26,7 @@ def _kl_reward(coef: float, kind: str, b: Batch) -> Tensor:
 
 
 @dataclass(frozen=True)
-class GreedyBaseline(Advantage):
+class GreedyBaseline(KLInReward):
     """ReMax (Li et al. arXiv 2310.10505 Eq. 6; verl ``remax``): Â_t = G_t − r(ȳ), the return
     from token t (the reward with verl's KL-in-reward, k1 to π_ref, β = kl_coef 0.001) minus the
     reward of the prompt's greedy rollout ȳ (``Batch.reward_baseline``). ȳ does not depend on
@@ -35,16 +35,6 @@ class GreedyBaseline(Advantage):
     def formula(self) -> str:
         kl = f" − {self.kl_coef:g}·{self.kl_kind}(π_θold‖π_ref)" if self.kl_coef else ""
         return f"Σ_{{s≥t}} (r·1[last]{kl})_s − r(greedy)"
-
-    kl_coef: float = 0.001
-    kl_kind: str = "k1"
-
-    def __post_init__(self):
-        KLPenalty(self.kl_coef, self.kl_kind)   # validates the kind
-
-    @property
-    def reads_old(self) -> bool:
-        return bool(self.kl_coef)
 
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:
         returns = WhitenedReturns(self.kl_coef, self.kl_kind, 1.0).returns(b)
@@ -176,7 +166,7 @@ class OptimalTokenBaseline(Advantage):
 
 
 @dataclass(frozen=True)
-class GroupWhitened(Advantage):
+class GroupWhitened(KLInReward):
     """REINFORCE++ with a group baseline (Hu, arXiv 2501.03262 §3; verl
     ``reinforce_plus_plus_baseline``): the row's score s_i = Σ_t (r·1[last] − β·k(π_θold‖π_ref))_t
     (KL in the reward, β = kl_coef 0.001, k1), minus its prompt's mean score, then whitened over
@@ -186,16 +176,6 @@ class GroupWhitened(Advantage):
     def formula(self) -> str:
         kl = f" − {self.kl_coef:g}·Σ_t {self.kl_kind}(π_θold‖π_ref)" if self.kl_coef else ""
         return f"whiten_batch(r{kl} − mean_G)"
-
-    kl_coef: float = 0.001
-    kl_kind: str = "k1"
-
-    def __post_init__(self):
-        KLPenalty(self.kl_coef, self.kl_kind)
-
-    @property
-    def reads_old(self) -> bool:
-        return bool(self.kl_coef)
 
     def __call__(self, b: Batch, all_reduce=None) -> Tensor:
         score = _kl_reward(self.kl_coef, self.kl_kind, b).sum(-1)

@@ -453,7 +453,24 @@ class GAE(Advantage):
 
 
 @dataclass(frozen=True)
-class WhitenedReturns(Advantage):
+class KLInReward(Advantage):
+    """The KL-in-reward fields of an advantage (verl ``use_kl_in_reward``): β = ``kl_coef`` and
+    the estimator ``kl_kind`` of KL(π_θold‖π_ref) subtracted from the token reward; the plan reads
+    π_θold when β ≠ 0."""
+
+    kl_coef: float = 0.001
+    kl_kind: str = "k1"
+
+    def __post_init__(self):
+        KLPenalty(self.kl_coef, self.kl_kind)   # validates the kind
+
+    @property
+    def reads_old(self) -> bool:
+        return bool(self.kl_coef)
+
+
+@dataclass(frozen=True)
+class WhitenedReturns(KLInReward):
     """REINFORCE++ (Hu, arXiv 2501.03262; verl 0.9.1 ``compute_reinforce_plus_plus_outcome_advantage``
     after ``apply_kl_penalty``): per-token reward r_t = r·1[t = last] − β·k(log π_θold − log π_ref)_t
     (KL in the reward), returns G_t = Σ_{s≥t} γ^{s−t} r_s, and Â = (G − mean)/std over every
@@ -468,16 +485,7 @@ class WhitenedReturns(Advantage):
         kl = f" − {self.kl_coef:g}·{self.kl_kind}(π_θold‖π_ref)_t" if self.kl_coef else ""
         return f"whiten_batch(Σ_{{s≥t}} γ^(s−t) (r·1[last]{kl})_s)"
 
-    kl_coef: float = 0.001
-    kl_kind: str = "k1"
     gamma: float = 1.0
-
-    def __post_init__(self):
-        KLPenalty(self.kl_coef, self.kl_kind)   # validates the kind
-
-    @property
-    def reads_old(self) -> bool:
-        return bool(self.kl_coef)
 
     def returns(self, b: Batch, all_reduce=None) -> Tensor:
         r = b.reward[:, None] * last_token(b.mask)
