@@ -162,7 +162,7 @@ def run_source(run_dir, steps: str = "all", P: int = 8) -> Source:
     available = {0: None, **ckpts}
     chosen = _choose_steps(steps, available, run_dir)
     examples = (data.load_examples(cfg["train_data"]) if cfg.get("train_data")
-                else data.TaskStream(int(cfg.get("seed", 0))).take(P))[:P]
+                else data.TaskStream(int(cfg.get("seed", 0)), variant=cfg.get("task", "arith")).take(P))[:P]
     return Source(run_dir.name, rec["model_path"], {"r": cfg["lora_r"], "alpha": cfg.get("lora_alpha", 16)}
                   if cfg.get("lora_r") else None,
                   [(f"step={s}", s, available[s]) for s in chosen], examples, reward_of(cfg),

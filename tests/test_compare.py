@@ -21,8 +21,8 @@ def test_validation_and_test_splits_are_disjoint_from_each_other_and_from_traini
     task.export(tmp_path / "train.jsonl", "train", count=3000, seed=0)
     val, test, train = (_content(data.load_examples(tmp_path / f"{s}.jsonl"))
                         for s in ("validation", "test", "train"))
-    assert len(val) == task.VALIDATION_PER_LEVEL * len(task.LEVELS)
-    assert len(test) == task.TEST_PER_LEVEL * len(task.LEVELS)
+    assert len(val) == sum(task.VALIDATION_PER_LEVEL.values())
+    assert len(test) == sum(task.TEST_PER_LEVEL.values())
     assert not val & test and not train & val and not train & test
     streamed = _content(data.TaskStream(7).take(3000))  # the trainer's own stream skips both too
     assert not streamed & val and not streamed & test

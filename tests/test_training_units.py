@@ -48,7 +48,7 @@ def test_demos_compute_the_answer_step_by_step(level):
 def test_test_split_is_fixed_balanced_and_disjoint_from_training():
     test = task.test_problems()
     assert test == task.test_problems()
-    assert len(test) == task.TEST_PER_LEVEL * len(task.LEVELS)
+    assert len(test) == sum(task.TEST_PER_LEVEL.values())
     assert {p.level for p in test} == set(task.LEVELS)
     assert len({p.expr for p in test}) == len(test)
     train = {p.expr for p in task.train_problems(0, 2000)}

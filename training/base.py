@@ -158,6 +158,12 @@ def pretrain(model, tok, cfg: BaseConfig, log=print) -> None:
     model.eval()
 
 
+def config_for(variant: str = "arith") -> BaseConfig:
+    """The base model of a task variant (`training.task.VARIANTS`): the default recipe with the
+    variant's changes (part of the cache hash like every field)."""
+    return BaseConfig(**dict(task.get_variant(variant).base_recipe))
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("UPGE_CACHE", Path.home() / ".cache" / "upge"))
 

@@ -229,12 +229,13 @@ def float_list(text: str) -> list[float]:
     return xs
 
 
-def tune(presets: list, grid: list, seeds: list, root: Path, extra: list, pool, flag: str = "lr") -> dict:
+def tune(presets: list, grid: list, seeds: list, root: Path, extra: list, pool, flag: str = "lr",
+         variant: str = "arith") -> dict:
     """Run every preset at every grid value (same trials for all), score each on the validation
     split only, and return {preset: chosen value}; the whole record goes to ``tuning.json``."""
     val = root / VALIDATION
     root.mkdir(parents=True, exist_ok=True)
-    task.export(val, split="validation")
+    task.export(val, split="validation", variant=variant)
     trials = [(pr, v, s) for pr in presets for v in grid for s in seeds]
     dirs = list(pool.map(lambda t: run_one(
         t[0], t[2], root, [*extra, TUNED_FLAGS[flag], repr(t[1]), "--eval-data", str(val),
@@ -290,13 +291,14 @@ def main(argv=None) -> str:
         if set(args.tune_seeds) & set(seeds):
             p.error(f"--tune-seeds {args.tune_seeds} overlap --seeds {seeds}: tune on other seeds")
     for preset in presets:  # every run's arguments checked before any work (one line, exit 2)
-        parse_args([preset, *extra, "--seed", str(seeds[0]), "--runs-dir", args.runs_dir])
+        cfg = parse_args([preset, *extra, "--seed", str(seeds[0]), "--runs-dir", args.runs_dir])
     root = Path(args.runs_dir)
-    from .base import ensure_base
+    from .base import config_for, ensure_base
 
-    ensure_base(log=lambda s: print(s, file=sys.stderr, flush=True))  # build once, not per job
+    if not cfg.model:  # build once, not per job
+        ensure_base(config_for(cfg.task), log=lambda s: print(s, file=sys.stderr, flush=True))
     with ThreadPoolExecutor(args.jobs) as pool:
-        chosen = (tune(presets, args.lr_grid, args.tune_seeds, root, extra, pool, args.tune)
+        chosen = (tune(presets, args.lr_grid, args.tune_seeds, root, extra, pool, args.tune, cfg.task)
                   if args.tune != "none" else {})
         flag = TUNED_FLAGS.get(args.tune)
 

@@ -17,7 +17,7 @@ from typing import Any, Optional, get_type_hints
 
 import estimators
 
-from . import config_file, custom
+from . import config_file, custom, task
 from .batching import group_layout
 from .config_file import parse_bool as _parse_bool
 from .config_file import scalar_type as _arg_type
@@ -42,6 +42,9 @@ class RunConfig:
     # model and data
     model: str = _f("", "local path of an HF causal LM; empty = the embedded tiny base model")
     rebuild_base: bool = _f(False, "rebuild the embedded base model even if it is cached")
+    task: str = _f("arith", "built-in task variant (training/task.py): arith (demonstrations in the base's own style) | "
+                            "arith-offpolicy (the paper's regime: demonstrations in another, longer style; a stronger "
+                            "base; max_new_tokens 128 unless given)")
     train_data: str = _f("", "training rows (jsonl/json/parquet, OpenR1/verl format); empty = built-in task")
     eval_data: str = _f("", "held-out rows in the same format; empty = the built-in test split")
     dataset: str = _f("", "training table with mapped columns (--prompt-column, ...): a local jsonl/json/parquet/csv "
@@ -186,6 +189,7 @@ ALLOWED: dict[str, Any] = {
     "preset": OneOf(tuple(preset_names())),
     "model": ModelSource(),
     "rebuild_base": FLAG,
+    "task": OneOf(tuple(task.VARIANTS)),
     "train_data": ExistingPath(),
     "eval_data": ExistingPath(),
     "dataset": Matches(r"(?s).*", "a file, directory or dataset name"),
@@ -308,6 +312,9 @@ def check_data(cfg: "RunConfig") -> None:
     --dataset to evaluate on, a demonstration column for presets that train on demonstrations."""
     if cfg.dataset and cfg.train_data:
         raise ConfigError(f"{flag('dataset')} and {flag('train_data')} both name training data: give one")
+    if cfg.task != "arith" and (cfg.dataset or cfg.train_data):
+        given = flag('dataset') if cfg.dataset else flag('train_data')
+        raise ConfigError(f"{flag('task')} {cfg.task}: is a variant of the built-in task; {given} replaces it")
     if cfg.eval_split and not cfg.dataset:
         raise ConfigError(f"{flag('eval_split')} {cfg.eval_split}: is a split of {flag('dataset')}, which is not given")
     if cfg.eval_split and cfg.eval_data:
@@ -406,6 +413,8 @@ def parse_args(argv: Optional[list[str]] = None) -> RunConfig:
         if cfg.resume:  # the command line as given (the directory must exist), then the saved config
             check(cfg, origin)
             return resume_config(cfg, saved_config(cfg.resume), explicit)[0]
+        cfg = replace(cfg, **{k: v for k, v in task.get_variant(cfg.task).run_defaults
+                              if k not in explicit} if cfg.task in task.VARIANTS else {})
         if cfg.profile:
             from .profiles import apply_profile
 

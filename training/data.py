@@ -296,16 +296,19 @@ def load_dataset(source: str, split: str, cols: Columns, config: str = "") -> li
 @dataclass
 class TaskStream:
     """The built-in task's training stream: problem ``cursor`` of stream ``seed``, skipping any
-    that equals a held-out (test or validation) problem. ``cursor`` is the whole state (saved in checkpoints)."""
+    that equals a held-out (test or validation) problem, with demonstrations in the style of the
+    task variant ``variant``. ``cursor`` is the whole state (saved in checkpoints)."""
 
     seed: int
     cursor: int = 0
+    variant: str = "arith"
 
     def take(self, k: int) -> list[Example]:
         out = []
         held_out = task.held_out_exprs()
+        style = task.get_variant(self.variant).demo_style
         while len(out) < k:
-            p = task.make_problem(self.seed, self.cursor)
+            p = task.make_problem(self.seed, self.cursor, style=style)
             if p.expr not in held_out:
                 out.append(from_problem(p, f"arith:{self.seed}:{self.cursor}"))
             self.cursor += 1

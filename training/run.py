@@ -72,7 +72,7 @@ def _stream(cfg: RunConfig):
     if cfg.dataset:
         return data.FileStream(data.load_dataset(cfg.dataset, cfg.dataset_split, _columns(cfg),
                                                  cfg.dataset_config), cfg.seed)
-    return data.TaskStream(cfg.seed)
+    return data.TaskStream(cfg.seed, variant=cfg.task)
 
 
 def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Trainer:
@@ -96,7 +96,7 @@ def build(cfg: RunConfig, reward_fn: Optional[Callable] = None, log=print) -> Tr
     stream, eval_examples = _stream(cfg), _eval_examples(cfg)  # checked before any run directory
     backend = make_backend(cfg, dist)  # single process / data parallel, or FSDP
     with timers("base model"):
-        model_path = cfg.model or str(base.ensure_base(rebuild=cfg.rebuild_base, log=log))
+        model_path = cfg.model or str(base.ensure_base(base.config_for(cfg.task), rebuild=cfg.rebuild_base, log=log))
         model_path = engines.edited_model_dir(model_path, cfg)  # rope_theta / max positions
     with timers("setup"):
         torch.manual_seed(cfg.seed)
@@ -157,7 +157,7 @@ def _config_record(cfg: RunConfig, stages: list, model_path: str) -> dict:
     return {"config": cfg.resolved(), "preset": cfg.preset, "seed": cfg.seed,
             "estimator": {s.name: s.est.parts() for s in stages},
             "stages": [{"name": s.name, "first_step": s.first, "last_step": s.last} for s in stages],
-            "model_path": model_path, "task_version": task.TASK_VERSION,
+            "model_path": model_path, "task_version": task.TASK_VERSION, "task": cfg.task,
             "versions": versions(), "git_commit": records.git_commit(), "command": sys.argv}
 
 

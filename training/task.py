@@ -25,95 +25,132 @@ Problems are a pure function of (seed, index), so the data order is reproducible
 run continues with the same problems. Two held-out splits are fixed: ``test`` (``TEST_SEED``,
 what results are reported on) and ``validation`` (``VALIDATION_SEED``, what hyper-parameters are
 tuned on, `training.compare --tune`); they share no expression, and no training problem equals a
-problem of either.
+problem of either. Their sizes per level (`TEST_PER_LEVEL`, `VALIDATION_PER_LEVEL`) make the
+test split's avg@k 95 % CI about 2 points; level 1 (``a+b``, one digit each) has only 100
+distinct problems, so it holds fewer.
+
+Two variants of the task (`VARIANTS`, ``training.run --task``) differ in how demonstrations are
+written and in the base model that meets them:
+
+* ``arith`` — demonstrations in the base's own concise style (above); the base is briefly
+  pre-trained (weak: ≈ 15 % avg@8 at T = 1.0).
+* ``arith-offpolicy`` — the paper's regime: demonstrations in a different, longer style (a
+  ``<think>`` block of worded steps, then ``The answer is \\boxed{..}``: the analog of
+  DeepSeek-R1 traces for a Qwen base), and a base pre-trained longer on its own concise style,
+  which solves a real share of the easy levels at T = 1.0. SFT must move the policy to another
+  style; RL sharpens the base's own.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 TASK_VERSION = "arith-v1"
 DATA_SOURCE = "upge/arith"
 LEVELS = (1, 2, 3, 4, 5)
 TEST_SEED = 10_000_019
-TEST_PER_LEVEL = 40
+TEST_PER_LEVEL = {1: 50, 2: 200, 3: 200, 4: 200, 5: 200}
 VALIDATION_SEED = 20_000_003
-VALIDATION_PER_LEVEL = 20
-HELD_OUT_SPLITS = (TEST_SEED, TEST_PER_LEVEL, VALIDATION_SEED, VALIDATION_PER_LEVEL)  # in cache keys
+VALIDATION_PER_LEVEL = {1: 20, 2: 100, 3: 100, 4: 100, 5: 100}
+HELD_OUT_SPLITS = (TEST_SEED, sorted(TEST_PER_LEVEL.items()), VALIDATION_SEED,
+                   sorted(VALIDATION_PER_LEVEL.items()))  # in cache keys
 PROMPT_TEMPLATE = "Compute {expr}."
+
+
+Steps = tuple[tuple[str, int], ...]
+
+
+def concise(steps: Steps, answer: int) -> str:
+    """The base's own style: one ``lhs=value`` line per step, then the boxed answer."""
+    return "".join(f"{lhs}={val}\n" for lhs, val in steps) + f"\\boxed{{{answer}}}"
+
+
+def verbose(steps: Steps, answer: int) -> str:
+    """Another model's style (``arith-offpolicy``'s demonstrations): a ``<think>`` block of worded
+    steps, then a sentence with the boxed answer — 2–4× longer than `concise`."""
+    words = ["First"] + ["Then"] * max(0, len(steps) - 2) + ["Finally"] * (len(steps) > 1)
+    body = "".join(f"{w}, {lhs} = {val}.\n" for w, (lhs, val) in zip(words, steps))
+    return f"<think>\n{body}</think>\nThe answer is \\boxed{{{answer}}}."
+
+
+STYLES: dict[str, Callable[[Steps, int], str]] = {"concise": concise, "verbose": verbose}
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One problem: ``expr`` to evaluate, its ``answer`` and the worked ``demo`` (steps + box)."""
+    """One problem: ``expr`` to evaluate, its ``answer``, the worked ``steps`` (``(lhs, value)``
+    pairs) and the demonstration ``demo`` written from them in ``style`` (a `STYLES` name)."""
 
     expr: str
     answer: int
-    demo: str
+    steps: Steps
     level: int
+    style: str = "concise"
 
     @property
     def prompt(self) -> str:
         return PROMPT_TEMPLATE.format(expr=self.expr)
 
-
-def _steps(pairs: list[tuple[str, int]], answer: int) -> str:
-    return "".join(f"{lhs}={val}\n" for lhs, val in pairs) + f"\\boxed{{{answer}}}"
+    @property
+    def demo(self) -> str:
+        return STYLES[self.style](self.steps, self.answer)
 
 
 def _level1(r: random.Random) -> Problem:
     a, b = r.randrange(10), r.randrange(10)
-    return Problem(f"{a}+{b}", a + b, _steps([(f"{a}+{b}", a + b)], a + b), 1)
+    return Problem(f"{a}+{b}", a + b, ((f"{a}+{b}", a + b),), 1)
 
 
 def _level2(r: random.Random) -> Problem:
     a, b, c = r.randrange(10), r.randrange(10), r.randrange(10)
     s = a + b
-    return Problem(f"{a}+{b}-{c}", s - c, _steps([(f"{a}+{b}", s), (f"{s}-{c}", s - c)], s - c), 2)
+    return Problem(f"{a}+{b}-{c}", s - c, ((f"{a}+{b}", s), (f"{s}-{c}", s - c)), 2)
 
 
 def _level3(r: random.Random) -> Problem:
     a, b, c = r.randrange(10), r.randrange(10), r.randrange(10)
     p = b * c
-    return Problem(f"{a}+{b}*{c}", a + p, _steps([(f"{b}*{c}", p), (f"{a}+{p}", a + p)], a + p), 3)
+    return Problem(f"{a}+{b}*{c}", a + p, ((f"{b}*{c}", p), (f"{a}+{p}", a + p)), 3)
 
 
 def _level4(r: random.Random) -> Problem:
     a, b, c, d = r.randrange(10), r.randrange(10), r.randrange(2, 10), r.randrange(10)
     s = a + b
     p = s * c
-    steps = [(f"{a}+{b}", s), (f"{s}*{c}", p), (f"{p}-{d}", p - d)]
-    return Problem(f"({a}+{b})*{c}-{d}", p - d, _steps(steps, p - d), 4)
+    return Problem(f"({a}+{b})*{c}-{d}", p - d, ((f"{a}+{b}", s), (f"{s}*{c}", p), (f"{p}-{d}", p - d)), 4)
 
 
 def _level5(r: random.Random) -> Problem:
     a, b, c, d = (r.randrange(2, 10) for _ in range(4))
     e = r.randrange(10)
     p, q = a * b, c * d
-    steps = [(f"{a}*{b}", p), (f"{c}*{d}", q), (f"{p}+{q}", p + q), (f"{p + q}-{e}", p + q - e)]
-    return Problem(f"{a}*{b}+{c}*{d}-{e}", p + q - e, _steps(steps, p + q - e), 5)
+    steps = ((f"{a}*{b}", p), (f"{c}*{d}", q), (f"{p}+{q}", p + q), (f"{p + q}-{e}", p + q - e))
+    return Problem(f"{a}*{b}+{c}*{d}-{e}", p + q - e, steps, 5)
 
 
 GENERATORS: dict[int, Callable[[random.Random], Problem]] = {
     1: _level1, 2: _level2, 3: _level3, 4: _level4, 5: _level5}
 
 
-def make_problem(seed: int, index: int, levels: tuple = LEVELS) -> Problem:
+def make_problem(seed: int, index: int, levels: tuple = LEVELS, style: str = "concise") -> Problem:
     """Problem number ``index`` of the stream ``seed``: its level cycles through ``levels`` and its
-    numbers come from a generator seeded by (seed, index) alone."""
+    numbers come from a generator seeded by (seed, index) alone; its demonstration is written in
+    ``style`` (which changes nothing else)."""
     level = levels[index % len(levels)]
-    return GENERATORS[level](random.Random(f"{TASK_VERSION}:{seed}:{index}"))
+    p = GENERATORS[level](random.Random(f"{TASK_VERSION}:{seed}:{index}"))
+    return p if style == p.style else replace(p, style=style)
 
 
-def _held_out(seed: int, per_level: int, exclude: frozenset = frozenset()) -> list[Problem]:
-    """``per_level`` distinct problems of each level from stream ``seed``, none in ``exclude``."""
+def _held_out(seed: int, per_level: dict, exclude: frozenset = frozenset()) -> list[Problem]:
+    """``per_level[level]`` distinct problems of each level from stream ``seed``, none in
+    ``exclude``."""
     out, seen, i = [], set(exclude), 0
     counts = {lv: 0 for lv in LEVELS}
-    while min(counts.values()) < per_level:
+    while any(counts[lv] < per_level[lv] for lv in LEVELS):
         p = make_problem(seed, i)
         i += 1
-        if p.expr in seen or counts[p.level] >= per_level:
+        if p.expr in seen or counts[p.level] >= per_level[p.level]:
             continue
         seen.add(p.expr)
         counts[p.level] += 1
@@ -121,25 +158,30 @@ def _held_out(seed: int, per_level: int, exclude: frozenset = frozenset()) -> li
     return sorted(out, key=lambda p: p.level)
 
 
-def test_problems(per_level: int = TEST_PER_LEVEL) -> list[Problem]:
-    """The fixed held-out test split: ``per_level`` distinct problems of each level."""
-    return _held_out(TEST_SEED, per_level)
+def _per_level(n: int | dict) -> dict:
+    return n if isinstance(n, dict) else {lv: n for lv in LEVELS}
 
 
-def validation_problems(per_level: int = VALIDATION_PER_LEVEL) -> list[Problem]:
+def test_problems(per_level: int | dict = TEST_PER_LEVEL) -> list[Problem]:
+    """The fixed held-out test split: ``per_level`` distinct problems of each level (a number,
+    or one per level)."""
+    return _held_out(TEST_SEED, _per_level(per_level))
+
+
+def validation_problems(per_level: int | dict = VALIDATION_PER_LEVEL) -> list[Problem]:
     """The fixed validation split (for tuning): ``per_level`` distinct problems of each level,
     none equal to a test problem."""
-    return _held_out(VALIDATION_SEED, per_level, frozenset(p.expr for p in test_problems()))
+    return _held_out(VALIDATION_SEED, _per_level(per_level), frozenset(p.expr for p in test_problems()))
 
 
 def train_problems(seed: int, count: int, start: int = 0, levels: tuple = LEVELS,
-                   exclude: frozenset | None = None) -> list[Problem]:
+                   exclude: frozenset | None = None, style: str = "concise") -> list[Problem]:
     """Training problems ``start .. start+count−1`` of stream ``seed``, skipping any problem whose
     expression is in a held-out split (indices stay fixed, so ``start`` is a stable data cursor)."""
     exclude = held_out_exprs() if exclude is None else exclude
     out, i = [], start
     while len(out) < count:
-        p = make_problem(seed, i, levels)
+        p = make_problem(seed, i, levels, style)
         i += 1
         if p.expr not in exclude:
             out.append(p)
@@ -174,29 +216,64 @@ def rows(problems: list[Problem], split: str) -> list[dict]:
 SPLITS = ("train", "validation", "test")
 
 
-def split_problems(split: str = "test", count: int = 1000, seed: int = 0) -> list[Problem]:
+def split_problems(split: str = "test", count: int = 1000, seed: int = 0,
+                   variant: str = "arith") -> list[Problem]:
     """The held-out ``test`` or ``validation`` problems, or ``count`` ``train`` problems of stream
-    ``seed`` (at most ``count`` either way)."""
+    ``seed`` (at most ``count`` either way), with demonstrations in ``variant``'s style."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    style = get_variant(variant).demo_style
     held = {"test": test_problems, "validation": validation_problems}
-    return held[split]()[:count] if split in held else train_problems(seed, count)
+    if split not in held:
+        return train_problems(seed, count, style=style)
+    return [replace(p, style=style) for p in held[split]()[:count]]
 
 
-def dataset(split: str = "test", count: int = 1000, seed: int = 0):
+def dataset(split: str = "test", count: int = 1000, seed: int = 0, variant: str = "arith"):
     """The task as a ``datasets.Dataset`` in row format (``split`` one of `SPLITS`)."""
     import datasets
 
-    return datasets.Dataset.from_list(rows(split_problems(split, count, seed), split))
+    return datasets.Dataset.from_list(rows(split_problems(split, count, seed, variant), split))
 
 
-def export(path, split: str = "train", count: int = 1000, seed: int = 0) -> None:
+def export(path, split: str = "train", count: int = 1000, seed: int = 0, variant: str = "arith") -> None:
     """Write the split as jsonl or parquet (by suffix), loadable by `training.data.load_examples`
     (jsonl needs only the standard library)."""
     if str(path).endswith(".parquet"):
-        dataset(split, count, seed).to_parquet(str(path))
+        dataset(split, count, seed, variant).to_parquet(str(path))
         return
     import json
 
     with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows(split_problems(split, count, seed), split))
+        f.writelines(json.dumps(r) + "\n" for r in rows(split_problems(split, count, seed, variant), split))
+
+
+# ------------------------------------------------------------------------------ variants
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant of the task (``training.run --task``): the style its demonstrations are written
+    in, the base model's pre-training recipe (`training.base.BaseConfig` fields that differ from
+    the default) and the run settings it needs (explicit flags win)."""
+
+    name: str
+    demo_style: str
+    base_recipe: tuple = ()      # ((BaseConfig field, value), ...)
+    run_defaults: tuple = ()     # ((RunConfig field, value), ...)
+    about: str = ""
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("arith", "concise", about="demonstrations in the base's own style; a weak base"),
+    Variant("arith-offpolicy", "verbose",
+            base_recipe=(("pretrain_steps", 1200), ("max_positions", 256)),
+            run_defaults=(("max_new_tokens", 128),),
+            about="the paper's regime: demonstrations in another, longer style (an R1-trace "
+                  "analog); a base that solves a real share of the easy levels at T = 1.0"),
+)}
+
+
+def get_variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise ValueError(f"unknown task {name!r}; one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
