@@ -28,6 +28,9 @@ Layout of one run directory::
       samples.jsonl      one row per generated sample (see SAMPLE_FIELDS)
       eval/scores.jsonl  tidy evaluation rows (see EVAL_FIELDS)
       eval/<benchmark>.jsonl   per-benchmark generations (free-form rows)
+                         (rows of benchmark ``arith-passk``, PASSK_BENCHMARK: pass@k up to a large
+                         k on a subset of the test split, for the base at step 0 and the last
+                         checkpoint at the last step, written by ``training.compare --passk K``)
       probes/<probe>.jsonl     tidy probe rows (see PROBE_FIELDS); ``probes/variance.jsonl``
                          (PROBE_VARIANCE): estimator bias / variance, on a testbed, or on a
                          training run's checkpoints (``python -m probes.variance --run``;
@@ -122,6 +125,7 @@ SAMPLES = "samples.jsonl"
 STATUS = "status.json"
 EVAL_DIR = "eval"
 EVAL_SCORES = "eval/scores.jsonl"
+PASSK_BENCHMARK = "arith-passk"  # eval/scores.jsonl rows of `training.compare --passk K` (large-k curves)
 PROBES_DIR = "probes"
 PROBE_VARIANCE = "variance"  # probes/variance.jsonl: bias / variance of the estimators
 CHECKPOINTS = "checkpoints"

@@ -7,6 +7,8 @@ import math
 
 import pytest
 
+import records
+
 from training import compare, data, task
 
 
@@ -108,3 +110,47 @@ def test_tune_chooses_by_validation_score_only(tmp_path, monkeypatch):
     assert compare.final_scores(chosen)["Avg"] == 0.0
     cfg = json.loads((chosen / "config.json").read_text())["config"]
     assert cfg["lr"] == 1e-3 and cfg["eval_data"] == ""
+
+
+def test_passk_curves_of_base_and_last_checkpoint(tmp_path, monkeypatch):
+    """`--passk K`: the base (step 0) and the last checkpoint each get pass@1..K over the
+    per-level subset; the base's curve is the one the run's model_path gives under the same seed,
+    whichever run evaluates it (a trained model changes only the trained curve), and a second
+    call adds nothing."""
+    from training import base, run
+    from training.evaluation import curves
+
+    monkeypatch.setenv("UPGE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "parity_reward.py").write_text(PARITY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tiny = base.BaseConfig(hidden_size=32, layers=2, heads=2, kv_heads=2, intermediate_size=64,
+                           pretrain_steps=40, pretrain_batch=16)
+    model = str(base.ensure_base(tiny, log=lambda s: None))
+    evals = tmp_path / "eval.jsonl"
+    task.export(evals, "test", count=5)
+    dirs = []
+    for lr in ("1e-2", "1e-3"):
+        run.main(["sft", "--model", model, "--runs-dir", str(tmp_path), "--run-id", f"lr{lr}",
+                  "--steps", "2", "--prompts-per-step", "3", "--max-new-tokens", "16", "--eval-k", "1",
+                  "--eval-data", str(evals), "--save-every", "0", "--progress", "false",
+                  "--threads", "1", "--lr", lr, "--reward", "parity_reward:reward"])
+        d = tmp_path / f"lr{lr}"
+        curves.passk_curves(d, k=8, per_level=1)
+        curves.passk_curves(d, k=8, per_level=1)
+        dirs.append(d)
+    a, b = dirs
+    assert sorted(curves.read_curve(a, step=0)) == [1, 2, 4, 8]
+    assert curves.read_curve(a, step=0) == curves.read_curve(b, step=0)
+    rows, _ = records.read_eval(a)
+    ours = [r for r in rows if r["benchmark"] == records.PASSK_BENCHMARK]
+    assert len(ours) == 2 * 4 * 6 and {r["step"] for r in ours} == {0, 2}  # 2 models x 4 k x (5 levels + all)
+    assert all(r["n"] == (5 if r["level"] == "all" else 1) for r in ours)
+    # the run's own evaluation is read without the curves
+    assert compare.final_scores(a)["step"] == 2 and "pass@8" not in compare.final_scores(a)
+
+
+PARITY = '''
+def reward(completions, ground_truth, **kw):
+    """Depends on the completion (its length's parity), so pass@k grows with k."""
+    return [float(len(c) % 2) for c in completions]
+'''

@@ -53,9 +53,15 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
     return m, T95.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
 
 
+def own_eval_rows(run_dir: Path) -> list:
+    """The run's own evaluation rows (not the `records.PASSK_BENCHMARK` curves of ``--passk``)."""
+    rows, _ = records.read_eval(run_dir)
+    return [r for r in rows if r.get("benchmark") != records.PASSK_BENCHMARK]
+
+
 def final_scores(run_dir: Path) -> dict:
     """{column: value} of the run's last evaluation: per-level and overall avg@k, pass@kmax."""
-    rows, _ = records.read_eval(run_dir)
+    rows = own_eval_rows(run_dir)
     if not rows:
         return {}
     last = max(r["step"] for r in rows)
@@ -71,7 +77,7 @@ def final_scores(run_dir: Path) -> dict:
 
 def base_scores(run_dir: Path) -> dict:
     """The step-0 evaluation (the base model before training)."""
-    rows, _ = records.read_eval(run_dir)
+    rows = own_eval_rows(run_dir)
     rows = [r for r in rows if r["step"] == 0]
     out = {f"L{r['level']}" if r["level"] != "all" else "Avg": r["value"]
            for r in rows if r["metric"] == "avg@k"}
@@ -84,7 +90,7 @@ def base_scores(run_dir: Path) -> dict:
 
 def passk_curve(run_dir: Path, step: int | None = None) -> dict:
     """{k: pass@k over all problems} of the run's evaluation at ``step`` (default: the last)."""
-    rows, _ = records.read_eval(run_dir)
+    rows = own_eval_rows(run_dir)
     rows = [r for r in rows if r["metric"] == "pass@k" and r["level"] == "all"]
     if not rows:
         return {}
@@ -272,6 +278,11 @@ def main(argv=None) -> str:
                    help="learning rates tried by --tune lr")
     p.add_argument("--tune-seeds", type=seed_list, default="100",
                    help="seeds of the tuning trials (keep them apart from --seeds)")
+    p.add_argument("--passk", type=int, default=0, metavar="K",
+                   help="also sample K completions per problem of --passk-per-level test problems per level "
+                        "from each run's base and last checkpoint: pass@k curves up to K and the crossing k* "
+                        "(training/evaluation/curves.py); 0 = off")
+    p.add_argument("--passk-per-level", type=positive_int, default=20)
     p.add_argument("--reference", default="hpt",
                    help="paired differences: this preset minus each other one, seed by seed")
     args, extra = p.parse_known_args(argv)
@@ -311,11 +322,20 @@ def main(argv=None) -> str:
 
         jobs = [(pr, s) for pr in presets for s in seeds]
         dirs = list(pool.map(report_run, jobs))
+        if args.passk:
+            from .evaluation.curves import passk_curves
+
+            list(pool.map(lambda d: passk_curves(d, args.passk, args.passk_per_level), dirs))
     base_curve = passk_curve(dirs[0], step=0)
     results = {}
     for (pr, s), d in zip(jobs, dirs):
         scores = {**final_scores(d), "seed": s}
-        if base_curve and len(base_curve) > 1:
+        if args.passk:  # the run's own base, sampled with the same seed (paired)
+            from .evaluation.curves import read_curve
+
+            trained, base = read_curve(d), read_curve(d, step=0)
+            scores.update({f"pass@{args.passk}": trained[args.passk], "k*": crossing_k(trained, base)})
+        elif base_curve and len(base_curve) > 1:
             scores["k*"] = crossing_k(passk_curve(d), base_curve)
         results.setdefault(pr, []).append(scores)
     out = table(results, base_scores(dirs[0]))

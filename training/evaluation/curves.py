@@ -1,0 +1,80 @@
+"""pass@k curves at large k (``training.compare --passk 64``): a finished run's base model and
+last checkpoint sample ``k`` completions per problem of a per-level subset of the test split, and
+their pass@k (k = 1, 2, 4, …, k) is appended to the run's ``eval/scores.jsonl`` as rows of
+benchmark `records.PASSK_BENCHMARK` — step 0 for the base, the checkpoint's step for the trained
+model — beside the run's own evaluations (avg@k on the whole split at a small k).
+
+Sampling settings are the run's evaluation settings (temperature, top-p, generation length,
+prompt template, reward), its engine, and one sampling seed per run for both models (common
+random numbers, as in training's own evaluations).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import records
+
+from .. import checkpoint, custom, data, task
+from ..config import RunConfig
+from ..policy import load_model, load_tokenizer
+from ..resume import saved_config
+from ..rollout import make_prompt_fn, make_sampler
+from .heldout import evaluate
+
+SALT = 104_729
+
+
+def done(run_dir: Path, k: int) -> bool:
+    """Whether the run already has its curves at ``k`` (base and last step)."""
+    rows, _ = records.read_eval(run_dir)
+    steps = {r["step"] for r in rows if r.get("benchmark") == records.PASSK_BENCHMARK and r["k"] == k}
+    return 0 in steps and len(steps) > 1
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    saved = saved_config(str(run_dir))
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    return RunConfig(**{key: v for key, v in saved.items() if key in names})
+
+
+def passk_curves(run_dir: Path, k: int = 64, per_level: int = 20) -> None:
+    """Append the base's and the last checkpoint's pass@1..k rows to ``run_dir`` (skipped when
+    they are there)."""
+    run_dir = Path(run_dir)
+    if done(run_dir, k):
+        return
+    cfg = run_config(run_dir)
+    ckpt = checkpoint.latest(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to evaluate (the run saves one at its end)")
+    model_path = records.read_config(run_dir)["model_path"]
+    problems = task.test_problems(per_level=per_level)
+    examples = [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(problems)]
+    tok = load_tokenizer(model_path)
+    reward = custom.make_reward(cfg)
+    writer = records.RunWriter(run_dir)
+    step = int(ckpt.name[len(checkpoint.PREFIX):])
+    for at, weights in ((0, None), (step, ckpt)):
+        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, attn_implementation="eager")
+        if weights is not None:
+            checkpoint.load_weights(model, weights)
+        model.eval()
+        res, _ = evaluate(make_sampler(cfg, model, tok, model_path), tok, examples, reward, k,
+                          cfg.eval_temperature, cfg.eval_top_p, cfg.max_new_tokens,
+                          (cfg.seed * 1_000_003 + SALT) % (2 ** 31 - 1), make_prompt_fn(cfg, tok))
+        writer.log_eval(r for r in res.rows(at, records.PASSK_BENCHMARK) if r["metric"] == "pass@k")
+    close = getattr(reward, "close", None)
+    if close:
+        close()
+
+
+def read_curve(run_dir: Path, step: int | None = None) -> dict:
+    """{k: pass@k over all problems} of the run's `records.PASSK_BENCHMARK` rows at ``step``
+    (default: the last), {} when it has none."""
+    rows, _ = records.read_eval(run_dir)
+    rows = [r for r in rows if r.get("benchmark") == records.PASSK_BENCHMARK and r["level"] == "all"]
+    if not rows:
+        return {}
+    step = max(r["step"] for r in rows) if step is None else step
+    return {r["k"]: r["value"] for r in rows if r["step"] == step}
