@@ -256,34 +256,21 @@ def mean_passk(record: dict) -> dict:
 # ---------------------------------------------------------------- reading, checked field by field
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("is not a number")
-    return value
+def _of_type(types: type | tuple, what: str) -> Callable[[Any], Any]:
+    """A field check: the value itself when it is one of ``types`` (never a bool), else
+    ValueError "is not <what>"."""
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"is not {what}")
+        return value
+    return parse
 
 
-def _integer(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("is not an integer")
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("is not a string")
-    return value
-
-
-def _object(value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise ValueError("is not a JSON object")
-    return value
-
-
-def _list(value: Any) -> list:
-    if not isinstance(value, list):
-        raise ValueError("is not a list")
-    return value
+_number = _of_type((int, float), "a number")
+_integer = _of_type(int, "an integer")
+_text = _of_type(str, "a string")
+_object = _of_type(dict, "a JSON object")
+_list = _of_type(list, "a list")
 
 
 def _ks(value: Any) -> dict:
