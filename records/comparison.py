@@ -273,18 +273,36 @@ _object = _of_type(dict, "a JSON object")
 _list = _of_type(list, "a list")
 
 
-def _ks(value: Any) -> dict:
-    """A pass@k curve: JSON's string keys back to integers k."""
-    out = {}
-    for k, v in _object(value).items():
-        if not str(k).isdigit():
-            raise ValueError(f"has a key {k!r} that is not an integer k")
-        out[int(k)] = _number(v)
-    return out
+class _Inner(ValueError):
+    """A check failed on one entry of a mapping: its key below the field, and its value."""
+
+    def __init__(self, key: Any, why: str, value: Any):
+        super().__init__(why)
+        self.key, self.value = key, value
 
 
-def _scores(value: Any) -> dict:
-    return {str(k): _number(v) for k, v in _object(value).items()}
+def _integer_key(key: str) -> int:
+    if not str(key).isdigit():
+        raise ValueError(f"has a key {key!r} that is not an integer k")
+    return int(key)
+
+
+def _mapping(parse_key: Callable[[str], Any]) -> Callable[[Any], dict]:
+    """A field check: a JSON object of numbers, its keys parsed by ``parse_key``."""
+    def parse(value: Any) -> dict:
+        out = {}
+        for key, v in _object(value).items():
+            k = parse_key(key)  # a bad key is the field's error
+            try:
+                out[k] = _number(v)
+            except ValueError as e:
+                raise _Inner(key, str(e), v) from None
+        return out
+    return parse
+
+
+_ks = _mapping(_integer_key)  # a pass@k curve {k: value}: JSON's string keys back to integers
+_scores = _mapping(str)       # {column: value}
 
 
 class _Fields:
@@ -296,6 +314,9 @@ class _Fields:
     def check(self, value: Any, parse: Callable[[Any], Any], name: str) -> Any:
         try:
             return parse(value)
+        except _Inner as e:
+            raise records.RecordError(f"{self.path}: field '{name}.{e.key}' {e} "
+                                      f"(got {e.value!r:.60})") from None
         except ValueError as e:
             raise records.RecordError(f"{self.path}: field {name!r} {e} (got {value!r:.60})") from None
 
@@ -325,6 +346,9 @@ def read(path: Path | str) -> dict:
     tuning = f.get(raw, "tuning", _object)
     if "chosen" in tuning:
         tuning = {**tuning, "chosen": f.get(tuning, "chosen", _scores, "tuning")}
+    if "scores" in tuning:  # {preset: {value: validation score}}
+        tuning = {**tuning, "scores": {p: f.check(by, _scores, f"tuning.scores.{p}")
+                                       for p, by in f.get(tuning, "scores", _object, "tuning").items()}}
     presets = {}
     for name, runs in f.get(raw, "presets", _object).items():
         presets[name] = []

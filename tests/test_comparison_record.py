@@ -112,10 +112,12 @@ def test_task_is_read_from_the_runs_config(tmp_path):
     (lambda r: r["presets"]["sft"][1].update(seed="one"),
      "field 'presets.sft[1].seed' is not an integer (got 'one')"),
     (lambda r: r["presets"]["grpo"][0]["scores"].update(Avg="high"),
-     "field 'presets.grpo[0].scores' is not a number (got"),
+     "field 'presets.grpo[0].scores.Avg' is not a number (got 'high')"),
     (lambda r: r["base"]["passk"].update(many=0.5), "field 'base.passk' has a key 'many'"),
     (lambda r: r["paired"]["Avg"]["sft"].pop("ci"), "field 'paired.Avg.sft.ci' is missing"),
     (lambda r: r.update(tuning=[]), "field 'tuning' is not a JSON object"),
+    (lambda r: r["tuning"]["scores"]["sft"].update({"0.001": None}),
+     "field 'tuning.scores.sft.0.001' is not a number (got None)"),
 ])
 def test_bad_records_are_named_by_file_and_field(made, tmp_path, edit, message):
     _, path, _ = made

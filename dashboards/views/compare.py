@@ -48,7 +48,8 @@ def tuning_frame(record: dict) -> pd.DataFrame:
     flag = tuning.get("tuned", "lr")
     rows = []
     for name in record["presets"]:
-        row = {"preset": name, f"chosen {flag}": f"{tuning['chosen'][name]:g}"}
+        value = tuning["chosen"].get(name)
+        row = {"preset": name, f"chosen {flag}": "" if value is None else f"{value:g}"}
         for value, score in tuning.get("scores", {}).get(name, {}).items():
             row[f"validation avg@k (%), {flag}={value}"] = round(100 * score, 1)
         rows.append(row)
