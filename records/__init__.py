@@ -65,8 +65,8 @@ Layout of a comparison directory (``python -m training.compare --runs-dir DIR``)
         presets          {preset: [{"run": run dir relative to DIR, "seed", "step" (the last
                          evaluated), "scores", "passk": {k: final pass@k over all problems}}]}
                          scores: {"L<level>": avg@k, "Avg": avg@k over all, "pass@<kmax>",
-                         "k*": the smallest k where the base's pass@k ≥ the run's (NaN: never)},
-                         fractions in [0, 1]
+                         "k*": the smallest k where the base's pass@k ≥ the run's (NaN: never)};
+                         all but k* are fractions in [0, 1]
         paired           {column ("Avg", "pass@<k>"): {preset: {"mean", "ci", "n"}}}: reference
                          minus preset, seed by seed, in points; ci = 95 % t half-width (NaN, n = 1)
 
