@@ -22,7 +22,7 @@ import streamlit as st  # noqa: E402
 
 from dashboards import state  # noqa: E402
 from dashboards.views import PAGES  # noqa: E402
-from records import tables  # noqa: E402
+from records import comparison, tables  # noqa: E402
 
 MAX_NOTES_SHOWN = 20
 FIRST_RUN_COMMAND = "python -m training.run hpt"
@@ -74,6 +74,11 @@ def main(argv: list[str]) -> None:
     root = tables.resolve_runs_dir(argv, os.environ)
     ctx = state.load_context(root)
     if not ctx.runs:
+        if comparison.find(root):  # only comparisons of training.compare (their runs lie deeper)
+            top = st.container()
+            PAGES["Compare"](ctx)
+            show_notes(ctx.notes, top)
+            return
         show_notes(ctx.notes)
         show_empty(root)
         return

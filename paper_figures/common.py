@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from records import summary, tables  # noqa: E402
+import records  # noqa: E402
+from records import comparison, summary, tables  # noqa: E402
 
 FORMATS = ("png", "pdf")
 DPI = 150
@@ -90,6 +91,20 @@ class RunIndex:
     def find(self, req: Requirement) -> list[tables.RunRecords]:
         """Runs matching a requirement (all seeds unless it pins one)."""
         return [r for r in self.runs if r.config and req.matches(r.config)]
+
+    def comparisons(self) -> dict[str, dict]:
+        """The comparison records of ``training.compare`` under the runs directory, by their
+        directory relative to it ("." for the runs directory itself); one that cannot be read
+        is left out with a note naming the file and the field."""
+        found = {}
+        for path in comparison.find(self.root):
+            try:
+                record = comparison.read(path)
+            except records.RecordError as e:
+                self.notes.append(f"{e}; left out")
+                continue
+            found[path.parent.relative_to(self.root).as_posix()] = record
+        return found
 
     def samples(self, rec: tables.RunRecords) -> pd.DataFrame:
         if rec.run_id not in self._samples:

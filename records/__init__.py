@@ -16,6 +16,9 @@ this package and nothing else of the project.
 ``records.foreign``         other trainers' logs as run records: TRL ``trainer_state.json``,
                             verl's file-logger JSONL (their metric names mapped onto ours)
 ``records.gradients``       the live gradient diagnostics as tables: noise curves, prompt weights
+``records.comparison``      ``comparison.json`` of ``python -m training.compare`` (build, write,
+                            read checked, find) and its Table-2 maths: mean ± 95 % CI over
+                            seeds, paired differences, pass@k curves, crossing k*
 ==========================  ==============================================================
 
 Nothing here imports torch.
@@ -40,6 +43,35 @@ Layout of one run directory::
                           "time": float, "pid": int, "host": str, "heartbeat": float}
                          (the heartbeat is renewed with every metrics row; `run_state` reports
                          a "running" run whose process is gone or silent as "stopped")
+
+Layout of a comparison directory (``python -m training.compare --runs-dir DIR``)::
+
+    DIR/
+      <preset>-s<seed>/ or <preset>-lr<v>-s<seed>/   the reported runs (run directories as above)
+      tune-<preset>-lr<v>-s<seed>/                    tuning trials, scored on the validation split
+      validation.jsonl   the validation split the tuning trials were evaluated on
+      tuning.json        (TUNING) with ``--tune``: {"tuned", "grid", "seeds", "split",
+                         "validation_problems", "trials_per_method",
+                         "scores": {preset: {value: validation avg@k}}, "chosen": {preset: value}}
+      comparison.json    (COMPARISON) the whole comparison, written atomically at its end
+                         (``records.comparison``; ``read`` checks every field):
+        format           1
+        time             when it was written (Unix seconds)
+        command          the arguments: {"presets": [..], "seeds": [..], "reference": preset,
+                         "tune": "none"|"lr", "grid": [..], "tune_seeds": [..],
+                         "run_args": [the extra ``training.run`` arguments]}
+        task             the task variant of the runs (their config's ``task``; "arith" when
+                         the config records none)
+        tuning           tuning.json's content ({} without ``--tune``); "chosen" per preset
+        base             the base model (the first run's step-0 evaluation):
+                         {"scores": {column: value}, "passk": {k: pass@k}}
+        presets          {preset: [{"run": run dir relative to DIR, "seed", "step" (the last
+                         evaluated), "scores", "passk": {k: final pass@k over all problems}}]}
+                         scores: {"L<level>": avg@k, "Avg": avg@k over all, "pass@<kmax>",
+                         "k*": the smallest k where the base's pass@k ≥ the run's (NaN: never)};
+                         all but k* are fractions in [0, 1]
+        paired           {column ("Avg", "pass@<k>"): {preset: {"mean", "ci", "n"}}}: reference
+                         minus preset, seed by seed, in points; ci = 95 % t half-width (NaN, n = 1)
 
 A run owns its directory: `create_run_dir` makes it atomically (``os.mkdir``) and never hands out
 an existing one.
@@ -129,6 +161,8 @@ PASSK_BENCHMARK = "arith-passk"  # eval/scores.jsonl rows of `training.compare -
 PROBES_DIR = "probes"
 PROBE_VARIANCE = "variance"  # probes/variance.jsonl: bias / variance of the estimators
 CHECKPOINTS = "checkpoints"
+TUNING = "tuning.json"  # python -m training.compare --tune: what the validation split chose
+COMPARISON = "comparison.json"  # python -m training.compare: the whole comparison (records.comparison)
 
 # Metric names (see the module docstring for their meaning).
 TRAIN_LOSS = "train/loss"

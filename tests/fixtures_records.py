@@ -58,6 +58,7 @@ class RunSpec:
     eval_every: int = 5
     state: str = "finished"
     samples: bool = True
+    shift: float = 0.0  # added to the target skill (the seed-to-seed spread of a comparison)
 
 
 def rng_for(*parts) -> random.Random:
@@ -67,7 +68,7 @@ def rng_for(*parts) -> random.Random:
 
 def skill(spec: RunSpec, level: int, prompt: int, step: int) -> float:
     """Probability that a rollout of this prompt is correct at this step."""
-    target = TARGET_SKILL.get(spec.preset, TARGET_SKILL["hpt"])[level]
+    target = TARGET_SKILL.get(spec.preset, TARGET_SKILL["hpt"])[level] + spec.shift
     if spec.preset == "hpt" and spec.gate_gamma:
         target -= 0.05 * spec.gate_gamma
     base = BASE_SKILL[level] - 0.05 * prompt
@@ -259,6 +260,45 @@ def write_fixture_runs(root: Path, specs=STANDARD_RUNS, probes: bool = True) -> 
     if probes:
         out["probes-variance"] = write_probe_run(root)
     return out
+
+
+COMPARED = ("hpt", "grpo", "sft")
+COMPARED_SEEDS = (0, 1, 2)
+TUNED_LR = {"hpt": 3e-4, "grpo": 1e-4, "sft": 1e-3}
+
+
+def comparison_runs(root: Path, presets=COMPARED, seeds=COMPARED_SEEDS, lr=TUNED_LR,
+                    steps: int = 8) -> dict[str, list[tuple[int, Path]]]:
+    """Run directories laid out as ``python -m training.compare --tune lr`` leaves its reported
+    runs (``<preset>-lr<v>-s<seed>``), each seed's final skill shifted by a seeded amount (so the
+    seeds differ); returns {preset: [(seed, run dir)]} as ``records.comparison.build`` takes it."""
+    out: dict[str, list[tuple[int, Path]]] = {}
+    for preset in presets:
+        for seed in seeds:
+            shift = rng_for(preset, seed, "shift").uniform(-0.05, 0.05)
+            spec = RunSpec(f"{preset}-lr{lr[preset]:g}-s{seed}", preset, seed=seed, steps=steps,
+                           eval_every=steps // 2, shift=shift, samples=False)
+            out.setdefault(preset, []).append((seed, write_run(root, spec)))
+    return out
+
+
+def write_comparison(root: Path, presets=COMPARED, seeds=COMPARED_SEEDS, reference: str = "hpt"
+                     ) -> Path:
+    """A whole comparison directory: the runs of :func:`comparison_runs` and the comparison.json
+    ``records.comparison`` builds from them (a tuning record as ``--tune lr`` writes it)."""
+    from records import comparison
+
+    root = Path(root)
+    grid = sorted(set(TUNED_LR.values()))
+    tuning = {"tuned": "lr", "grid": grid, "seeds": [100], "split": "validation",
+              "validation_problems": 60, "trials_per_method": len(grid),
+              "scores": {p: {f"{v:g}": (0.3 if v == TUNED_LR[p] else 0.2) for v in grid}
+                         for p in presets},
+              "chosen": {p: TUNED_LR[p] for p in presets}}
+    command = {"presets": list(presets), "seeds": list(seeds), "reference": reference,
+               "tune": "lr", "grid": grid, "tune_seeds": [100], "run_args": ["--steps", "8"]}
+    record = comparison.build(comparison_runs(root, presets, seeds), root, command, tuning)
+    return comparison.write(root, record)
 
 
 def corrupt_metrics(run_dir: Path) -> None:

@@ -8,7 +8,6 @@ import math
 import pytest
 
 import records
-
 from training import compare, data, task
 
 
@@ -66,11 +65,49 @@ def test_crossing_k_is_the_first_k_where_the_base_catches_up():
 def test_tuning_arguments_are_checked_before_any_work(argv, line, tmp_path, monkeypatch, capsys):
     from training import base
 
-    monkeypatch.setattr(base, "ensure_base", lambda **kw: pytest.fail("work started"))
+    monkeypatch.setattr(base, "ensure_base", lambda *a, **kw: pytest.fail("work started"))
     with pytest.raises(SystemExit) as stop:
         compare.main(["--runs-dir", str(tmp_path), *argv])
     assert stop.value.code == 2 and line in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_comparison_writes_its_record(tmp_path, monkeypatch, capsys):
+    """``main`` end to end over runs that are already finished (so nothing trains): the tuning
+    trials' validation scores choose each preset's learning rate, the reported runs at those
+    rates make comparison.json, and the printed tables are the record's."""
+    import fixtures_records as fx
+    from records import comparison
+    from training import base
+
+    monkeypatch.setattr(base, "ensure_base", lambda *a, **kw: None)  # no run trains: no base needed
+    root = tmp_path / "cmp"
+    better = {"hpt": 1e-3, "sft": 1e-4}  # validation: the better rate of each preset
+    for preset, lr in better.items():
+        for v in (1e-4, 1e-3):
+            fx.write_run(root, fx.RunSpec(f"tune-{preset}-lr{v:g}-s100", preset, seed=100, steps=4,
+                                          eval_every=2, samples=False, shift=0.0 if v == lr else -0.2))
+        for seed in (0, 1):
+            fx.write_run(root, fx.RunSpec(f"{preset}-lr{lr:g}-s{seed}", preset, seed=seed, steps=4,
+                                          eval_every=2, samples=False, shift=0.02 * seed))
+    before = {p.name for p in root.iterdir()}
+    out = compare.main(["--presets", "hpt,sft", "--seeds", "0,1", "--tune", "lr", "--lr-grid",
+                        "1e-4,1e-3", "--tune-seeds", "100", "--jobs", "1", "--runs-dir", str(root),
+                        "--", "--steps", "4"])
+    assert {p.name for p in root.iterdir()} - before == {compare.VALIDATION, compare.TUNING,
+                                                         records.COMPARISON}
+    rec = comparison.read(root / records.COMPARISON)
+    assert comparison.chosen(rec) == better
+    assert rec["command"] == {"presets": ["hpt", "sft"], "seeds": [0, 1], "reference": "hpt",
+                              "tune": "lr", "grid": [1e-4, 1e-3], "tune_seeds": [100],
+                              "run_args": ["--steps", "4"]}
+    assert {p: [r["run"] for r in runs] for p, runs in rec["presets"].items()} == {
+        "hpt": ["hpt-lr0.001-s0", "hpt-lr0.001-s1"], "sft": ["sft-lr0.0001-s0", "sft-lr0.0001-s1"]}
+    assert rec["task"] == "arith" and rec["paired"]["Avg"]["sft"]["n"] == 2
+    results = comparison.results_of(rec)
+    assert out == (comparison.table(results, rec["base"]["scores"]) + "\n\n"
+                   + comparison.paired_table(results, "hpt"))
+    assert out in capsys.readouterr().out
 
 
 PLANTED = '''
@@ -154,3 +191,4 @@ def reward(completions, ground_truth, **kw):
     """Depends on the completion (its length's parity), so pass@k grows with k."""
     return [float(len(c) % 2) for c in completions]
 '''
+

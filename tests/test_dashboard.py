@@ -322,3 +322,69 @@ def test_estimators_page_bias_variance_plane_of_a_runs_checkpoints(tmp_path, mon
     at.radio(key="est_plane_y").set_value("rel_bias").run()
     (_, (spec, data)), = [(t, v) for t, v in charts(at).items() if t.startswith("Bias–variance plane")]
     assert data.set_index("estimator").loc["dr_grpo", "y"] == pytest.approx(1 / 8)
+
+
+# ------------------------------------------------------------------ training.compare records
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the page whose first column is ``column``."""
+    return next(d.value for d in at.dataframe if list(d.value.columns[:1]) == [column])
+
+
+def test_compare_page_shows_a_comparison_record(tmp_path, monkeypatch):
+    """A comparison made by `records.comparison` from run directories as `training.compare`
+    leaves them, under a runs root that also holds a plain run: its Table-2-shaped table, the
+    tuned learning rates, the paired differences and the pass@k curves, equal to the record."""
+    from records import comparison
+
+    path = fx.write_comparison(tmp_path / "compare")
+    fx.write_run(tmp_path, fx.RunSpec("hpt-s0", "hpt", steps=4, eval_every=2))
+    rec = comparison.read(path)
+    at = open_app(tmp_path, monkeypatch, "Compare")
+    assert at.header[0].value == "Comparisons (training.compare)"
+    assert at.selectbox(key="cmp_record").value == "compare"
+    table = frame_with(at, "method").set_index("method")
+    results = comparison.results_of(rec)
+    for preset in fx.COMPARED:
+        m, h, n = comparison.column_stats(results[preset], "Llevel5")
+        assert n == len(fx.COMPARED_SEEDS) and h > 0
+        assert table.loc[f"{preset} (n=3)", "Llevel5"] == f"{m:.1f} ± {h:.1f}"
+    assert table.loc["base model", "Avg"] == f"{100 * rec['base']['scores']['Avg']:.1f}"
+    assert table.loc["hpt (n=3)", "k*"] == "— (3 never)"
+    tuning = frame_with(at, "preset").set_index("preset")
+    assert tuning["chosen lr"].to_dict() == {p: f"{v:g}" for p, v in fx.TUNED_LR.items()}
+    assert tuning.loc["grpo", "validation avg@k (%), lr=0.0001"] == 30.0
+    paired = frame_with(at, "hpt − method (paired by seed)").set_index("hpt − method (paired by seed)")
+    d = rec["paired"]["Avg"]["sft"]
+    assert paired.loc["sft", "Avg"] == f"{d['mean']:+.1f} ± {d['ci']:.1f}"
+    spec, curves = charts(at)["pass@k: base vs each method's mean over seeds"]
+    assert '"type": "log"' in json.dumps(spec)
+    grpo = curves[curves["run"] == "grpo"].set_index("k")
+    for k in fx.KS:
+        m, h = comparison.mean_ci([r["passk"][k] for r in rec["presets"]["grpo"]])
+        assert grpo.loc[k, "value"] == pytest.approx(m)
+        assert (grpo.loc[k, "lo"], grpo.loc[k, "hi"]) == pytest.approx((m - h, m + h))
+    base = curves[curves["run"] == "base model"].set_index("k")["value"].to_dict()
+    assert base == pytest.approx(rec["base"]["passk"])
+    at.multiselect(key="cmp_runs").set_value(["hpt-s0"]).run()   # the run-by-run part is still there
+    assert "Pick two or more runs." in [i.value for i in at.info]
+
+
+def test_compare_page_over_comparisons_only_and_a_bad_record(tmp_path, monkeypatch):
+    """A runs root holding only comparison directories opens on the comparisons; a record that
+    cannot be read is a note naming its file and field, and the other records are still shown."""
+    fx.write_comparison(tmp_path / "arith", presets=("hpt", "sft"), seeds=(0, 1))
+    bad = fx.write_comparison(tmp_path / "offpolicy" / "broken", presets=("hpt",), seeds=(0,))
+    raw = json.loads(bad.read_text())
+    raw["presets"]["hpt"][0]["seed"] = "zero"
+    bad.write_text(json.dumps(raw))
+    at = open_app(tmp_path, monkeypatch)
+    assert at.title[0].value == "Compare"
+    assert at.selectbox(key="cmp_record").options == ["arith", "offpolicy/broken"]
+    assert list(frame_with(at, "method")["method"]) == [
+        "base model", "hpt (n=2)", "sft (n=2)"]
+    at.selectbox(key="cmp_record").set_value("offpolicy/broken").run()
+    assert not at.exception
+    assert ("offpolicy/broken/comparison.json: field 'presets.hpt[0].seed' is not an integer"
+            in at.warning[0].value)

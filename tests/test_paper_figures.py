@@ -238,3 +238,52 @@ def test_runs_directory_must_exist(tmp_path, capsys):
     assert stop.value.code == 2
     assert f"--runs {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
     assert not (tmp_path / "fig").exists()
+
+
+# ------------------------------------------------------------- training.compare records
+
+
+def test_table2_ours_rows_come_from_the_comparisons(tmp_path):
+    """With comparison.json records under the runs directory, Table 2's "ours" panels are theirs
+    (one per comparison): each method's mean ± 95% CI over seeds per level and on average,
+    labelled with its tuned learning rate, the panel with the task; checked against the eval rows
+    of the runs and scipy's t quantile. A record that cannot be read is a note, not a panel."""
+    import statistics
+
+    from scipy import stats
+
+    from records import comparison
+
+    runs = tmp_path / "runs"
+    fx.write_fixture_runs(runs, fx.STANDARD_RUNS[:2], probes=False)   # single runs: not used
+    fx.write_comparison(runs / "compare")
+    fx.write_comparison(runs / "offpolicy", presets=("hpt", "sft"), seeds=(0, 1))
+    (runs / "broken").mkdir()
+    (runs / "broken" / records.COMPARISON).write_text('{"command": {}}')
+    index = RunIndex(runs)
+    result = SCRIPTS["table2"](index, tmp_path / "out")
+    assert [p.suffix for p in result.files] == [".png", ".pdf"] and result.missing == []
+    ours = result.data[result.data["source"] == "ours"]
+    assert ours["table"].nunique() == 2
+    title = next(t for t in ours["table"].unique() if t.startswith("ours (compare,"))
+    assert "task arith" in title and "3 seeds, lr tuned on validation" in title
+    panel = ours[ours["table"] == title].set_index(["row", "benchmark"])
+    assert sorted(panel.index.levels[0]) == ["Base", "GRPO (lr 0.0001)", "HPT (lr 0.0003)",
+                                             "SFT (lr 0.001)"]
+    assert set(panel.index.levels[1]) == {"Llevel1", "Llevel3", "Llevel5", "Avg"}
+    t = stats.t.ppf(0.975, 2)
+    for preset, label in (("hpt", "HPT (lr 0.0003)"), ("grpo", "GRPO (lr 0.0001)")):
+        xs = []
+        for seed in fx.COMPARED_SEEDS:
+            rows, _ = records.read_eval(runs / "compare" / f"{preset}-lr{fx.TUNED_LR[preset]:g}-s{seed}")
+            last = max(r["step"] for r in rows)
+            xs += [100 * r["value"] for r in rows if r["step"] == last and r["level"] == "all"
+                   and r["metric"] == "avg@k"]
+        assert panel.loc[(label, "Avg"), "value"] == pytest.approx(statistics.mean(xs))
+        assert panel.loc[(label, "Avg"), "ci"] == pytest.approx(t * statistics.stdev(xs) / 3 ** 0.5,
+                                                              rel=1e-3)
+        assert panel.loc[(label, "Avg"), "n"] == 3
+    base = comparison.base_scores(runs / "compare" / "hpt-lr0.0003-s0")
+    assert panel.loc[("Base", "Avg"), "value"] == pytest.approx(100 * base["Avg"])
+    assert math.isnan(panel.loc[("Base", "Avg"), "ci"])
+    assert any("broken/comparison.json: field 'command.presets' is missing" in n for n in index.notes)

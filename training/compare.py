@@ -14,6 +14,10 @@ every training problem); each preset then runs at its best learning rate, chosen
 score only, and is reported on the test split. The choice is written to ``tuning.json`` in the
 runs dir. Extra arguments after ``--`` go to every ``training.run``.
 
+At its end the whole comparison (arguments, task, tuning choice, every run's scores and pass@k
+curve, the base model's, the paired differences) is written to ``comparison.json`` in the runs
+dir (`records.comparison`): the dashboard's Compare page and ``paper_figures`` Table 2 read it.
+
 ``python -m training.compare --read runs/hpt-s0 trl_out/ verl_logs/my_project`` trains nothing:
 it reads the runs given — ours, TRL output dirs, verl file-logger dirs (`records.foreign`) — and
 prints their last logged values side by side, under our metric names.
@@ -21,7 +25,6 @@ prints their last logged values side by side, under our metric names.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import subprocess
@@ -31,135 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import records
+from records import comparison
+from records.comparison import (T95, base_scores, crossing_k, final_scores, mean_ci,  # noqa: F401
+                                paired, paired_table, passk_curve, table)
 
 from . import task
 from .config import parse_args
 
-TUNING = "tuning.json"
+TUNING = records.TUNING
 VALIDATION = "validation.jsonl"
 TUNED_FLAGS = {"lr": "--lr"}  # what --tune can choose, and the training.run flag that sets it
-
-# two-sided 95% Student-t quantiles by degrees of freedom (1..10), then the normal value
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-       10: 2.228}
-
-
-def mean_ci(xs: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t confidence interval (NaN with one value)."""
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-    return m, T95.get(len(xs) - 1, 1.96) * sd / math.sqrt(len(xs))
-
-
-def own_eval_rows(run_dir: Path) -> list:
-    """The run's own evaluation rows (not the `records.PASSK_BENCHMARK` curves of ``--passk``)."""
-    rows, _ = records.read_eval(run_dir)
-    return [r for r in rows if r.get("benchmark") != records.PASSK_BENCHMARK]
-
-
-def final_scores(run_dir: Path) -> dict:
-    """{column: value} of the run's last evaluation: per-level and overall avg@k, pass@kmax."""
-    rows = own_eval_rows(run_dir)
-    if not rows:
-        return {}
-    last = max(r["step"] for r in rows)
-    rows = [r for r in rows if r["step"] == last]
-    out = {f"L{r['level']}" if r["level"] != "all" else "Avg": r["value"]
-           for r in rows if r["metric"] == "avg@k"}
-    kmax = max(r["k"] for r in rows if r["metric"] == "pass@k")
-    out[f"pass@{kmax}"] = next(r["value"] for r in rows if r["metric"] == "pass@k"
-                               and r["level"] == "all" and r["k"] == kmax)
-    out["step"] = last
-    return out
-
-
-def base_scores(run_dir: Path) -> dict:
-    """The step-0 evaluation (the base model before training)."""
-    rows = own_eval_rows(run_dir)
-    rows = [r for r in rows if r["step"] == 0]
-    out = {f"L{r['level']}" if r["level"] != "all" else "Avg": r["value"]
-           for r in rows if r["metric"] == "avg@k"}
-    if rows:
-        kmax = max(r["k"] for r in rows if r["metric"] == "pass@k")
-        out[f"pass@{kmax}"] = next(r["value"] for r in rows if r["metric"] == "pass@k"
-                                   and r["level"] == "all" and r["k"] == kmax)
-    return out
-
-
-def passk_curve(run_dir: Path, step: int | None = None) -> dict:
-    """{k: pass@k over all problems} of the run's evaluation at ``step`` (default: the last)."""
-    rows = own_eval_rows(run_dir)
-    rows = [r for r in rows if r["metric"] == "pass@k" and r["level"] == "all"]
-    if not rows:
-        return {}
-    step = max(r["step"] for r in rows) if step is None else step
-    return {r["k"]: r["value"] for r in rows if r["step"] == step}
-
-
-def crossing_k(trained: dict, base: dict) -> float:
-    """k* = the smallest k at which the base model's pass@k ≥ the trained model's (NaN: never)."""
-    ks = sorted(set(trained) & set(base))
-    return next((float(k) for k in ks if base[k] >= trained[k]), float("nan"))
-
-
-def paired(results: dict, reference: str, column: str = "Avg") -> dict:
-    """{preset: (mean, CI half-width, n)} of ``reference − preset`` on ``column``, seed by seed
-    (runs are paired by seed: same data order and sampling seeds)."""
-    ref = {s["seed"]: s[column] for s in results.get(reference, []) if column in s}
-    out = {}
-    for name, runs in results.items():
-        if name == reference:
-            continue
-        diffs = [100 * (ref[s["seed"]] - s[column]) for s in runs if s.get("seed") in ref and column in s]
-        if diffs:
-            out[name] = (*mean_ci(diffs), len(diffs))
-    return out
-
-
-def paired_table(results: dict, reference: str) -> str:
-    """Markdown: ``reference`` minus each other preset, per seed, mean ± 95% CI (points)."""
-    cols = ["Avg"] + sorted({c for runs in results.values() for s in runs for c in s
-                             if c.startswith("pass@")})
-    diffs = {c: paired(results, reference, c) for c in cols}
-    lines = [f"| {reference} − method (paired by seed) | " + " | ".join(cols) + " |",
-             "|---" * (len(cols) + 1) + "|"]
-    for name in results:
-        if name == reference:
-            continue
-        cells = []
-        for c in cols:
-            m, h, n = diffs[c].get(name, (float("nan"), float("nan"), 0))
-            cells.append(f"{m:+.1f} ± {h:.1f}" if not math.isnan(h) else f"{m:+.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def table(results: dict, base: dict | None = None) -> str:
-    """Markdown table: one row per preset, cells mean ± CI over seeds."""
-    cols = sorted({c for runs in results.values() for s in runs for c in s if c.startswith("L")})
-    cols += ["Avg"] + sorted({c for runs in results.values() for s in runs if s
-                              for c in s if c.startswith("pass@")})
-    cols += ["k*"] if any("k*" in s for runs in results.values() for s in runs) else []
-    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    if base:
-        lines.append("| base model | " + " | ".join(
-            "—" if c == "k*" else f"{100 * base.get(c, float('nan')):.1f}" for c in cols) + " |")
-    for name, runs in results.items():
-        cells = []
-        for c in cols:
-            scale = 1 if c == "k*" else 100
-            xs = [scale * s[c] for s in runs if c in s and not math.isnan(s[c])]
-            if c == "k*":  # seeds whose pass@k never falls to the base's: counted, not averaged
-                never = sum(1 for s in runs if c in s and math.isnan(s[c]))
-                m = f"{sorted(xs)[len(xs) // 2]:.0f}" if xs else "—"
-                cells.append(m + (f" ({never} never)" if never else ""))
-                continue
-            m, h = mean_ci(xs) if xs else (float("nan"), float("nan"))
-            cells.append(f"{m:.1f} ± {h:.1f}" if not math.isnan(h) else f"{m:.1f}")
-        lines.append(f"| {name} (n={len(runs)}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 READ_COLUMNS = (records.ROLLOUT_REWARD, records.ROLLOUT_ACCURACY, records.TRAIN_ENTROPY,
@@ -238,7 +122,7 @@ def float_list(text: str) -> list[float]:
 def tune(presets: list, grid: list, seeds: list, root: Path, extra: list, pool, flag: str = "lr",
          variant: str = "arith") -> dict:
     """Run every preset at every grid value (same trials for all), score each on the validation
-    split only, and return {preset: chosen value}; the whole record goes to ``tuning.json``."""
+    split only, and return the tuning record (``tuning.json``; its "chosen": {preset: value})."""
     val = root / VALIDATION
     root.mkdir(parents=True, exist_ok=True)
     task.export(val, split="validation", variant=variant)
@@ -251,15 +135,16 @@ def tune(presets: list, grid: list, seeds: list, root: Path, extra: list, pool, 
         scores.setdefault(pr, {}).setdefault(v, []).append(final_scores(d)["Avg"])
     means = {pr: {v: sum(xs) / len(xs) for v, xs in by.items()} for pr, by in scores.items()}
     chosen = {pr: max(grid, key=lambda v: (means[pr][v], -grid.index(v))) for pr in presets}
-    records.write_json(root / TUNING, {
+    record = {
         "tuned": flag, "grid": grid, "seeds": seeds, "split": "validation",
         "validation_problems": len(task.validation_problems()), "trials_per_method": len(grid) * len(seeds),
         "scores": {pr: {f"{v:g}": means[pr][v] for v in grid} for pr in presets},
-        "chosen": {pr: chosen[pr] for pr in presets}})
+        "chosen": {pr: chosen[pr] for pr in presets}}
+    records.write_json(root / TUNING, record)
     for pr in presets:
         print(f"  {pr}: {flag} {chosen[pr]:g} (validation avg "
               f"{100 * means[pr][chosen[pr]]:.1f} %)", file=sys.stderr, flush=True)
-    return chosen
+    return record
 
 
 def main(argv=None) -> str:
@@ -309,8 +194,9 @@ def main(argv=None) -> str:
     if not cfg.model:  # build once, not per job
         ensure_base(config_for(cfg.task), log=lambda s: print(s, file=sys.stderr, flush=True))
     with ThreadPoolExecutor(args.jobs) as pool:
-        chosen = (tune(presets, args.lr_grid, args.tune_seeds, root, extra, pool, args.tune, cfg.task)
+        tuning = (tune(presets, args.lr_grid, args.tune_seeds, root, extra, pool, args.tune, cfg.task)
                   if args.tune != "none" else {})
+        chosen = tuning.get("chosen", {})
         flag = TUNED_FLAGS.get(args.tune)
 
         def report_run(job):
@@ -326,22 +212,20 @@ def main(argv=None) -> str:
             from .evaluation.curves import passk_curves
 
             list(pool.map(lambda d: passk_curves(d, args.passk, args.passk_per_level), dirs))
-    base_curve = passk_curve(dirs[0], step=0)
-    results = {}
+    runs: dict = {}
     for (pr, s), d in zip(jobs, dirs):
-        scores = {**final_scores(d), "seed": s}
-        if args.passk:  # the run's own base, sampled with the same seed (paired)
-            from .evaluation.curves import read_curve
-
-            trained, base = read_curve(d), read_curve(d, step=0)
-            scores.update({f"pass@{args.passk}": trained[args.passk], "k*": crossing_k(trained, base)})
-        elif base_curve and len(base_curve) > 1:
-            scores["k*"] = crossing_k(passk_curve(d), base_curve)
-        results.setdefault(pr, []).append(scores)
-    out = table(results, base_scores(dirs[0]))
+        runs.setdefault(pr, []).append((s, d))
+    command = {"presets": presets, "seeds": seeds, "reference": args.reference, "tune": args.tune,
+               "grid": args.lr_grid if tuning else [], "tune_seeds": args.tune_seeds if tuning else [],
+               "run_args": extra}
+    record = comparison.build(runs, root, command, tuning)
+    path = comparison.write(root, record)
+    results = comparison.results_of(record)
+    out = table(results, record["base"]["scores"])
     if args.reference in results and len(results) > 1:
         out += "\n\n" + paired_table(results, args.reference)
     print(out)
+    print(f"  written: {path}", file=sys.stderr, flush=True)
     return out
 
 

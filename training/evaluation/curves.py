@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 
 import records
+from records.comparison import passk_curve
 
 from .. import checkpoint, custom, data, task
 from ..config import RunConfig
@@ -70,11 +71,5 @@ def passk_curves(run_dir: Path, k: int = 64, per_level: int = 20) -> None:
 
 
 def read_curve(run_dir: Path, step: int | None = None) -> dict:
-    """{k: pass@k over all problems} of the run's `records.PASSK_BENCHMARK` rows at ``step``
-    (default: the last), {} when it has none."""
-    rows, _ = records.read_eval(run_dir)
-    rows = [r for r in rows if r.get("benchmark") == records.PASSK_BENCHMARK and r["level"] == "all"]
-    if not rows:
-        return {}
-    step = max(r["step"] for r in rows) if step is None else step
-    return {r["k"]: r["value"] for r in rows if r["step"] == step}
+    """{k: pass@k over all problems} of the run's large-k curve at ``step`` (default: the last)."""
+    return passk_curve(run_dir, step, curves=True)
