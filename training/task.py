@@ -216,27 +216,28 @@ def rows(problems: list[Problem], split: str) -> list[dict]:
 SPLITS = ("train", "validation", "test")
 
 
-def split_problems(split: str = "test", count: int = 1000, seed: int = 0,
+def split_problems(split: str = "test", count: int | None = None, seed: int = 0,
                    variant: str = "arith") -> list[Problem]:
-    """The held-out ``test`` or ``validation`` problems, or ``count`` ``train`` problems of stream
-    ``seed`` (at most ``count`` either way), with demonstrations in ``variant``'s style."""
+    """The held-out ``test`` or ``validation`` problems (the first ``count``; default all), or
+    ``count`` (default 1000) ``train`` problems of stream ``seed``, with demonstrations in
+    ``variant``'s style."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     style = get_variant(variant).demo_style
     held = {"test": test_problems, "validation": validation_problems}
     if split not in held:
-        return train_problems(seed, count, style=style)
+        return train_problems(seed, 1000 if count is None else count, style=style)
     return [replace(p, style=style) for p in held[split]()[:count]]
 
 
-def dataset(split: str = "test", count: int = 1000, seed: int = 0, variant: str = "arith"):
+def dataset(split: str = "test", count: int | None = None, seed: int = 0, variant: str = "arith"):
     """The task as a ``datasets.Dataset`` in row format (``split`` one of `SPLITS`)."""
     import datasets
 
     return datasets.Dataset.from_list(rows(split_problems(split, count, seed, variant), split))
 
 
-def export(path, split: str = "train", count: int = 1000, seed: int = 0, variant: str = "arith") -> None:
+def export(path, split: str = "train", count: int | None = None, seed: int = 0, variant: str = "arith") -> None:
     """Write the split as jsonl or parquet (by suffix), loadable by `training.data.load_examples`
     (jsonl needs only the standard library)."""
     if str(path).endswith(".parquet"):
