@@ -233,8 +233,11 @@ def build(runs: Mapping[str, Sequence[tuple[int, Path]]], root: Path, command: d
             entries.append({"run": Path(d).relative_to(root).as_posix(), "seed": seed,
                             "step": step, "scores": scores, "passk": curve})
         presets[name] = entries
+    base = base_scores(first)
+    if large and base_curve:  # the base's pass@K beside the runs' (same subset, same seed)
+        base[f"pass@{max(base_curve)}"] = base_curve[max(base_curve)]
     rec = {"format": FORMAT, "time": time.time(), "command": command, "task": task_of(first),
-           "tuning": tuning or {}, "base": {"scores": base_scores(first), "passk": base_curve},
+           "tuning": tuning or {}, "base": {"scores": base, "passk": base_curve},
            "presets": presets}
     return {**rec, "paired": paired_all(results_of(rec), command["reference"])}
 

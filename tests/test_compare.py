@@ -9,6 +9,7 @@ import pytest
 
 import records
 from training import compare, data, task
+from training.evaluation import curves
 
 
 def _content(examples) -> set:
@@ -192,3 +193,21 @@ def reward(completions, ground_truth, **kw):
     return [float(len(c) % 2) for c in completions]
 '''
 
+
+
+def test_a_comparison_takes_pass_at_large_k_and_kstar_from_the_curves(tmp_path, monkeypatch):
+    """With `--passk` curves, the record's pass@K and k* come from them (each run against its own
+    base curve), the base row has pass@K too, and the run's own pass@k stays its own."""
+    from records import comparison
+
+    test_passk_curves_of_base_and_last_checkpoint(tmp_path, monkeypatch)
+    runs = {"sft": [(0, tmp_path / "lr1e-2"), (1, tmp_path / "lr1e-3")]}
+    rec = comparison.build(runs, tmp_path, {"reference": "sft"})
+    base = curves.read_curve(tmp_path / "lr1e-2", step=0)
+    assert rec["base"]["scores"]["pass@8"] == base[8] and rec["base"]["passk"] == base
+    for (_, d), r in zip(runs["sft"], rec["presets"]["sft"]):
+        mine, own_base = curves.read_curve(d), curves.read_curve(d, step=0)
+        assert r["passk"] == mine and r["scores"]["pass@8"] == mine[8]
+        assert r["scores"]["pass@1"] == compare.final_scores(d)["pass@1"]  # eval-k 1: its own
+        k = r["scores"]["k*"]
+        assert k == compare.crossing_k(mine, own_base) or (math.isnan(k) and math.isnan(compare.crossing_k(mine, own_base)))
