@@ -93,6 +93,16 @@ def run_one(preset: str, seed: int, root: Path, extra: list[str], run_id: str | 
     return run_dir
 
 
+def curves_of(run_dir: Path, k: int, per_level: int) -> None:
+    """``--passk``: the run's base and last checkpoint sampled k times per problem
+    (`training.evaluation.curves`), in a process of its own; skipped when already there."""
+    cmd = [sys.executable, "-m", "training.evaluation.curves", str(run_dir), "--k", str(k),
+           "--per-level", str(per_level), "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+
+
 def seed_list(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2] (argparse type)."""
     try:
@@ -208,10 +218,8 @@ def main(argv=None) -> str:
 
         jobs = [(pr, s) for pr in presets for s in seeds]
         dirs = list(pool.map(report_run, jobs))
-        if args.passk:
-            from .evaluation.curves import passk_curves
-
-            list(pool.map(lambda d: passk_curves(d, args.passk, args.passk_per_level), dirs))
+        if args.passk:  # one process per run, as for training (one torch thread each)
+            list(pool.map(lambda d: curves_of(d, args.passk, args.passk_per_level), dirs))
     runs: dict = {}
     for (pr, s), d in zip(jobs, dirs):
         runs.setdefault(pr, []).append((s, d))

@@ -7,6 +7,10 @@ model — beside the run's own evaluations (avg@k on the whole split at a small 
 Sampling settings are the run's evaluation settings (temperature, top-p, generation length,
 prompt template, reward), its engine, and one sampling seed per run for both models (common
 random numbers, as in training's own evaluations).
+
+    python -m training.evaluation.curves RUN_DIR [RUN_DIR ...] --k 64 --per-level 20 --threads 1
+
+(``training.compare`` runs it once per run, in its own process, like the training runs.)
 """
 from __future__ import annotations
 
@@ -73,3 +77,23 @@ def passk_curves(run_dir: Path, k: int = 64, per_level: int = 20) -> None:
 def read_curve(run_dir: Path, step: int | None = None) -> dict:
     """{k: pass@k over all problems} of the run's large-k curve at ``step`` (default: the last)."""
     return passk_curve(run_dir, step, curves=True)
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    import torch
+
+    p = argparse.ArgumentParser(prog="python -m training.evaluation.curves", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--k", type=int, default=64)
+    p.add_argument("--per-level", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for d in args.run_dirs:
+        passk_curves(Path(d), args.k, args.per_level)
+
+
+if __name__ == "__main__":
+    main()
