@@ -86,9 +86,7 @@ def run_one(preset: str, seed: int, root: Path, extra: list[str], run_id: str | 
     elif run_dir.exists():  # stopped before its first checkpoint: nothing to resume, start again
         shutil.rmtree(run_dir)
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    _run(cmd)
     print(f"  {run_dir.name}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
     return run_dir
 
@@ -96,8 +94,12 @@ def run_one(preset: str, seed: int, root: Path, extra: list[str], run_id: str | 
 def curves_of(run_dir: Path, k: int, per_level: int) -> None:
     """``--passk``: the run's base and last checkpoint sampled k times per problem
     (`training.evaluation.curves`), in a process of its own; skipped when already there."""
-    cmd = [sys.executable, "-m", "training.evaluation.curves", str(run_dir), "--k", str(k),
-           "--per-level", str(per_level), "--threads", "1"]
+    _run([sys.executable, "-m", "training.evaluation.curves", str(run_dir), "--k", str(k),
+          "--per-level", str(per_level), "--threads", "1"])
+
+
+def _run(cmd: list[str]) -> None:
+    """Run ``cmd``; a failure raises with the end of its stderr."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")

@@ -52,6 +52,11 @@ def from_problem(p: task.Problem, uid: str) -> Example:
     return Example(uid, ({"role": "user", "content": p.prompt},), p.demo, str(p.answer), str(p.level))
 
 
+def test_examples(per_level: int | dict = task.TEST_PER_LEVEL) -> list[Example]:
+    """The built-in test split (``per_level`` problems of each level) as `Example` s."""
+    return [from_problem(p, f"arith-test:{i}") for i, p in enumerate(task.test_problems(per_level))]
+
+
 def _fail(source: str, row: int, field: str, why: str):
     raise DataError(f"{source}: row {row}: field {field!r} {why}")
 

@@ -63,7 +63,7 @@ def _eval_examples(cfg: RunConfig) -> list:
     if cfg.eval_split:
         return data.load_dataset(*data.eval_source(cfg.dataset, cfg.eval_split), _columns(cfg),
                                  cfg.dataset_config)
-    return [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(task.test_problems())]
+    return data.test_examples()
 
 
 def _stream(cfg: RunConfig):

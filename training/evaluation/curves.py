@@ -14,16 +14,15 @@ random numbers, as in training's own evaluations).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import records
-from records.comparison import passk_curve
+from records.comparison import eval_rows, passk_curve
 
-from .. import checkpoint, custom, data, task
+from .. import checkpoint, custom, data
 from ..config import RunConfig
 from ..policy import load_model, load_tokenizer
-from ..resume import saved_config
+from ..resume import resume_config, saved_config
 from ..rollout import make_prompt_fn, make_sampler
 from .heldout import evaluate
 
@@ -32,15 +31,8 @@ SALT = 104_729
 
 def done(run_dir: Path, k: int) -> bool:
     """Whether the run already has its curves at ``k`` (base and last step)."""
-    rows, _ = records.read_eval(run_dir)
-    steps = {r["step"] for r in rows if r.get("benchmark") == records.PASSK_BENCHMARK and r["k"] == k}
+    steps = {r["step"] for r in eval_rows(run_dir, curves=True) if r["k"] == k}
     return 0 in steps and len(steps) > 1
-
-
-def run_config(run_dir: Path) -> RunConfig:
-    saved = saved_config(str(run_dir))
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{key: v for key, v in saved.items() if key in names})
 
 
 def passk_curves(run_dir: Path, k: int = 64, per_level: int = 20) -> None:
@@ -49,22 +41,20 @@ def passk_curves(run_dir: Path, k: int = 64, per_level: int = 20) -> None:
     run_dir = Path(run_dir)
     if done(run_dir, k):
         return
-    cfg = run_config(run_dir)
+    cfg = resume_config(RunConfig(), saved_config(str(run_dir)), set())[0]  # the run's own config
     ckpt = checkpoint.latest(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to evaluate (the run saves one at its end)")
     model_path = records.read_config(run_dir)["model_path"]
-    problems = task.test_problems(per_level=per_level)
-    examples = [data.from_problem(p, f"arith-test:{i}") for i, p in enumerate(problems)]
+    examples = data.test_examples(per_level)
     tok = load_tokenizer(model_path)
     reward = custom.make_reward(cfg)
     writer = records.RunWriter(run_dir)
     step = int(ckpt.name[len(checkpoint.PREFIX):])
-    for at, weights in ((0, None), (step, ckpt)):
-        model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, attn_implementation="eager")
+    model = load_model(model_path, cfg.lora_r, cfg.lora_alpha, attn_implementation="eager").eval()
+    for at, weights in ((0, None), (step, ckpt)):  # the base, then the checkpoint's weights
         if weights is not None:
             checkpoint.load_weights(model, weights)
-        model.eval()
         res, _ = evaluate(make_sampler(cfg, model, tok, model_path), tok, examples, reward, k,
                           cfg.eval_temperature, cfg.eval_top_p, cfg.max_new_tokens,
                           (cfg.seed * 1_000_003 + SALT) % (2 ** 31 - 1), make_prompt_fn(cfg, tok))
